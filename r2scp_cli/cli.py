@@ -1,0 +1,248 @@
+"""Thin Typer commands: each parses flags into its stage's config and calls the stage's ``run``.
+
+Stage modules are imported inside the commands so that ``r2scp --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+
+from . import __version__
+from .config import (
+    BankConfig,
+    DemoConfig,
+    EvalConfig,
+    ExtractConfig,
+    ReportConfig,
+    SynthConfig,
+    TrainExpertsConfig,
+    TrainRouterConfig,
+)
+from .console import console
+from .errors import NotImplementedYet, UserError
+
+app = typer.Typer(
+    help="R2ScP: retrieve, purify and route to answer audio-visual questions with a missing modality.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Shared option aliases.
+Force = Annotated[bool, typer.Option("--force", help="Redo the stage even if it finished with the same inputs.")]
+Seed = Annotated[int, typer.Option(help="Random seed; runs are reproducible on CPU.")]
+Device = Annotated[str, typer.Option(help="torch device: cpu or cuda.")]
+Out = Annotated[Path, typer.Option("--out", help="Output path of the stage.")]
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def stage_command(fn: Callable) -> Callable:
+    """Turn user errors into one line and exit code 1, unfinished commands into exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as error:
+            console.print(f"[bold red]error:[/] {error}", soft_wrap=True)
+            raise typer.Exit(1) from None
+        except NotImplementedYet as error:
+            console.print(f"[bold yellow]not implemented yet:[/] {error}", soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"r2scp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = None,
+) -> None:
+    """R2ScP: retrieve, purify and route to answer audio-visual questions with a missing modality."""
+
+
+@app.command()
+@stage_command
+def synth(
+    out: Annotated[Path, typer.Argument(help="Dataset directory to write.")],
+    videos: Annotated[int, typer.Option(help="Number of clips.")] = 400,
+    seed: Seed = 0,
+    seconds: Annotated[float, typer.Option(help="Clip length in seconds.")] = 4.0,
+    fps: Annotated[int, typer.Option(help="Frames per second.")] = 4,
+    size: Annotated[int, typer.Option(help="Frame height and width in pixels.")] = 224,
+    split_by: Annotated[str, typer.Option(help="qa (as MUSIC-AVQA) or video.")] = "qa",
+    format: Annotated[str, typer.Option("--format", help="music-avqa or avqa.")] = "music-avqa",
+    force: Force = False,
+) -> None:
+    """Write the built-in dataset: real mp4 clips and MUSIC-AVQA (or AVQA) annotations."""
+    from . import synth as stage
+
+    stage.run(SynthConfig(out, videos, seed, seconds, fps, size, split_by, format), force=force)
+
+
+@app.command()
+@stage_command
+def extract(
+    dataset: Annotated[Path, typer.Argument(help="Dataset directory (videos/ and annotation JSON files).")],
+    out: Out,
+    encoder: Annotated[str, typer.Option(help="handcrafted, npy, pretrained or imagebind.")] = "handcrafted",
+    segments: Annotated[int, typer.Option(help="T: segments (tokens) per clip.")] = 8,
+    splits: Annotated[str, typer.Option(help="Comma-separated splits.")] = "train,val,test",
+    format: Annotated[str, typer.Option("--format", help="music-avqa or avqa.")] = "music-avqa",
+    batch_size: Annotated[int, typer.Option(help="Clips per encoder batch.")] = 16,
+    max_failures: Annotated[float, typer.Option(help="Share of videos allowed to fail.")] = 0.01,
+    audio_npy: Annotated[Optional[Path], typer.Option(help="--encoder npy: per-video audio .npy files.")] = None,
+    visual_npy: Annotated[Optional[Path], typer.Option(help="--encoder npy: per-video visual .npy files.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="--encoder imagebind: local checkpoint.")] = None,
+    device: Device = "cpu",
+    force: Force = False,
+) -> None:
+    """Decode media and encode clips and questions into an HDF5 feature store."""
+    from . import extract as stage
+
+    config = ExtractConfig(
+        dataset, out, encoder, segments, _csv(splits), format, batch_size, max_failures,
+        audio_npy, visual_npy, checkpoint, device,
+    )
+    stage.run(config, force=force)
+
+
+@app.command("build-bank")
+@stage_command
+def build_bank(
+    features: Annotated[Path, typer.Argument(help="features.h5 from `r2scp extract`.")],
+    out: Out,
+    bank_splits: Annotated[str, typer.Option(help="Comma-separated splits whose videos enter the bank.")] = "train",
+    library: Annotated[Optional[list[Path]], typer.Option(help="Extra features files of the same encoder.")] = None,
+    keys: Annotated[str, typer.Option(help="auto, unified, bind or paired.")] = "auto",
+    neighbours: Annotated[int, typer.Option(help="Neighbours stored per video and modality.")] = 16,
+    M: Annotated[int, typer.Option("--M", help="HNSW graph degree.")] = 16,
+    ef_construction: Annotated[int, typer.Option(help="HNSW build beam.")] = 200,
+    ef: Annotated[int, typer.Option(help="HNSW query beam.")] = 64,
+    exact: Annotated[bool, typer.Option("--exact", help="Exact search instead of HNSW.")] = False,
+    check_recall: Annotated[int, typer.Option(help="Queries sampled to measure HNSW recall.")] = 1000,
+    threads: Annotated[int, typer.Option(help="HNSW build threads (1 = reproducible).")] = 1,
+    seed: Seed = 0,
+    force: Force = False,
+) -> None:
+    """Build the memory bank: key spaces, HNSW indexes and leak-proof neighbour lists."""
+    from . import bank as stage
+
+    config = BankConfig(
+        features, out, _csv(bank_splits), tuple(library or ()), keys, neighbours, M, ef_construction, ef,
+        exact, check_recall, threads=threads, seed=seed,
+    )
+    stage.run(config, force=force)
+
+
+@app.command("train-experts")
+@stage_command
+def train_experts(
+    features: Annotated[Path, typer.Argument(help="features.h5 from `r2scp extract`.")],
+    bank: Annotated[Path, typer.Option(help="Bank directory from `r2scp build-bank`.")],
+    out: Out,
+    recovery: Annotated[str, typer.Option(help="cmr+cap, cmr, cap, generative or zero.")] = "cmr+cap",
+    p_missing: Annotated[float, typer.Option(help="Probability a training sample loses a modality.")] = 0.5,
+    n: Annotated[int, typer.Option("--n", help="Retrieved candidates.")] = 5,
+    rho: Annotated[float, typer.Option(help="Share of positions purified.")] = 0.25,
+    lambda_rank: Annotated[float, typer.Option(help="Weight of the ranking loss.")] = 0.1,
+    margin: Annotated[float, typer.Option(help="Margin of the ranking loss.")] = 0.1,
+    d_model: Annotated[int, typer.Option(help="Model width.")] = 128,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 30,
+    batch_size: Annotated[int, typer.Option(help="Samples per batch.")] = 64,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    seed: Seed = 0,
+    device: Device = "cpu",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
+    force: Force = False,
+) -> None:
+    """Stage 1: train the experts and the recovery modules with simulated missing modalities."""
+    from . import train as stage
+
+    config = TrainExpertsConfig(
+        features, bank, out, recovery, p_missing, n, rho, lambda_rank, margin, d_model,
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+    )
+    stage.run_experts(config, force=force, resume=resume)
+
+
+@app.command("train-router")
+@stage_command
+def train_router(
+    experts: Annotated[Path, typer.Argument(help="Directory from `r2scp train-experts`.")],
+    out: Out,
+    p_missing: Annotated[float, typer.Option(help="Probability a training sample loses a modality.")] = 0.5,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 15,
+    batch_size: Annotated[int, typer.Option(help="Samples per batch.")] = 64,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    seed: Seed = 0,
+    device: Device = "cpu",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
+    force: Force = False,
+) -> None:
+    """Stage 2: freeze the experts, train the router and the routed answer head."""
+    from . import train as stage
+
+    config = TrainRouterConfig(
+        experts, out, p_missing, epochs, batch_size=batch_size, lr=lr, seed=seed, device=device
+    )
+    stage.run_router(config, force=force, resume=resume)
+
+
+@app.command("eval")
+@stage_command
+def eval_(
+    run: Annotated[Path, typer.Argument(help="A train-router (or train-experts) directory.")],
+    out: Out,
+    missing: Annotated[str, typer.Option(help="none, audio, visual or text.")] = "none",
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+    features: Annotated[Optional[Path], typer.Option(help="Another features file of the same encoder.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Samples per batch.")] = 256,
+    device: Device = "cpu",
+    force: Force = False,
+) -> None:
+    """Evaluate a run with one modality removed from every sample of a split."""
+    from . import evaluate as stage
+
+    stage.run(EvalConfig(run, out, missing, split, features, batch_size, device), force=force)
+
+
+@app.command()
+@stage_command
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Eval directories (or run directories holding them).")],
+    out: Out,
+) -> None:
+    """Lay several evaluations side by side: Markdown, JSON and a PNG chart."""
+    from . import evaluate as stage
+
+    stage.report(ReportConfig(tuple(runs), out))
+
+
+@app.command()
+@stage_command
+def demo(
+    out: Annotated[Path, typer.Option(help="Directory for every stage of the demo.")] = Path("runs/demo"),
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller data and budget (about 2 minutes).")] = False,
+    seeds: Annotated[int, typer.Option(help="Training seeds per recovery method.")] = 1,
+    encoder: Annotated[str, typer.Option(help="handcrafted or pretrained.")] = "handcrafted",
+    format: Annotated[str, typer.Option("--format", help="music-avqa or avqa.")] = "music-avqa",
+) -> None:
+    """Run the whole chain on the built-in dataset and print the paper-style table."""
+    from . import demo as stage
+
+    stage.run(DemoConfig(out, quick, seeds, encoder, format))

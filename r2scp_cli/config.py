@@ -1,0 +1,175 @@
+"""Modalities and one frozen configuration dataclass per stage.
+
+A config holds everything that decides a stage's output; it is saved in the stage's ``meta.json``
+and compared on a rerun to decide whether the stage is already finished. Flags that only decide
+*how* the work is done (``--force``, ``--resume``) are not part of a config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class Modality(str, enum.Enum):
+    """The three inputs of an AVQA sample. Batches are dicts keyed by these values."""
+
+    AUDIO = "audio"
+    VISUAL = "visual"
+    TEXT = "text"
+
+    @classmethod
+    def media(cls) -> tuple["Modality", "Modality"]:
+        """The modalities that can be recovered from the memory bank."""
+        return (cls.AUDIO, cls.VISUAL)
+
+    def other(self) -> "Modality":
+        """The other media modality (audio <-> visual)."""
+        if self is Modality.TEXT:
+            raise ValueError("text has no paired media modality")
+        return Modality.VISUAL if self is Modality.AUDIO else Modality.AUDIO
+
+
+RECOVERY_METHODS = ("zero", "generative", "cmr", "cap", "cmr+cap")
+KEY_MODES = ("auto", "unified", "bind", "paired")
+DATASET_FORMATS = ("music-avqa", "avqa")
+
+
+def config_dict(config) -> dict:
+    """A JSON-ready dict of a config: paths become strings, tuples become lists."""
+
+    def plain(value):
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, enum.Enum):
+            return value.value
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """`r2scp synth`: the built-in dataset."""
+
+    out: Path
+    videos: int = 400  # number of clips
+    seed: int = 0  # everything is a function of this seed
+    seconds: float = 4.0  # clip length
+    fps: int = 4  # frames per second of the mp4
+    size: int = 224  # frame height and width in pixels
+    split_by: str = "qa"  # "qa" (as MUSIC-AVQA: a video appears in several splits) or "video"
+    format: str = "music-avqa"  # annotation format: "music-avqa" or "avqa"
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """`r2scp extract`: media and questions -> features.h5."""
+
+    dataset: Path
+    out: Path
+    encoder: str = "handcrafted"
+    segments: int = 8  # T: tokens per clip and modality
+    splits: tuple[str, ...] = ("train", "val", "test")
+    format: str = "music-avqa"
+    batch_size: int = 16
+    max_failures: float = 0.01  # share of videos allowed to fail before the stage fails
+    audio_npy: Path | None = None  # --encoder npy: per-video VGGish arrays
+    visual_npy: Path | None = None  # --encoder npy: per-video ResNet arrays
+    checkpoint: Path | None = None  # --encoder imagebind
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class BankConfig:
+    """`r2scp build-bank`: keys, HNSW indexes and neighbour lists."""
+
+    features: Path
+    out: Path
+    bank_splits: tuple[str, ...] = ("train",)
+    library: tuple[Path, ...] = ()
+    keys: str = "auto"
+    neighbours: int = 16  # n stored per video and target modality
+    M: int = 16
+    ef_construction: int = 200
+    ef: int = 64
+    exact: bool = False
+    check_recall: int = 1000  # queries sampled to compare HNSW with exact search
+    negatives: int = 16  # random bank entries stored per video for the ranking loss
+    threads: int = 1  # HNSW build threads (1 = reproducible)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainExpertsConfig:
+    """`r2scp train-experts`: stage 1, the experts and the recovery modules."""
+
+    features: Path
+    bank: Path
+    out: Path
+    recovery: str = "cmr+cap"
+    p_missing: float = 0.5  # probability that a training sample loses audio or visual
+    n: int = 5  # retrieved candidates per missing modality
+    rho: float = 0.25  # k = ceil(rho * T) positions purified
+    lambda_rank: float = 0.1
+    margin: float = 0.1
+    d_model: int = 128
+    epochs: int = 30
+    patience: int = 6  # early stopping on the val selection score
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class TrainRouterConfig:
+    """`r2scp train-router`: stage 2, the router and the routed head over frozen experts."""
+
+    experts: Path
+    out: Path
+    p_missing: float = 0.5
+    epochs: int = 15
+    patience: int = 4
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """`r2scp eval`: one run under one missing setting."""
+
+    run: Path  # a train-router or train-experts directory
+    out: Path
+    missing: str = "none"  # none | audio | visual | text
+    split: str = "test"
+    features: Path | None = None  # evaluate against another features file of the same encoder
+    batch_size: int = 256
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """`r2scp report`: the paper-style table across runs."""
+
+    runs: tuple[Path, ...]
+    out: Path
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """`r2scp demo`: the whole chain on the built-in dataset."""
+
+    out: Path = Path("runs/demo")
+    quick: bool = False
+    seeds: int = 1
+    encoder: str = "handcrafted"
+    format: str = "music-avqa"

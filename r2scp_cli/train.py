@@ -1,12 +1,474 @@
-"""Stage 1 and stage 2 training (issue: model and training)."""
+"""Stage 1 (experts + recovery modules) and stage 2 (router over frozen experts), written out top to bottom.
+
+Both stages share the data path: questions of a split held in memory (:class:`Split`), video tokens
+read through the feature store (:class:`VideoTokens`), batches built by :func:`make_batch` with the
+missing simulation, and recovery inputs gathered from the bank's precomputed neighbour lists.
+A run directory holds ``model.pt`` (best weights + the model config), ``checkpoint.pt`` (last state,
+for ``--resume``), ``log.jsonl`` and ``meta.json`` (written last).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
 from . import artifacts
-from .errors import NotImplementedYet
+from .config import TrainExpertsConfig, TrainRouterConfig, config_dict
+from .console import console, progress_bar
+from .errors import UserError
+from .features import FeatureStore
+from .model import EXPERTS, MEDIA, MISSING_CODES, ModelConfig, R2ScP, ranking_loss
+
+if TYPE_CHECKING:
+    from .bank import Bank
+
+SETTINGS = ("none", "audio", "visual")  # model selection: mean val accuracy over these
+MEMORY_BUDGET = 4 << 30  # video tokens are held in memory below this size, read per batch above it
 
 
-def run_experts(config, force=False, resume=False):
-    raise NotImplementedYet("`r2scp train-experts` lands with its issue")
+# --------------------------------------------------------------------------- data
 
 
-def run_router(config, force=False, resume=False):
-    artifacts.require(config.experts, "train-experts")
-    raise NotImplementedYet("`r2scp train-router` lands with its issue")
+class VideoTokens:
+    """Segment tokens of the videos a run needs, by video id: in memory when they fit the budget,
+    otherwise read from the HDF5 file per batch."""
+
+    def __init__(self, store: FeatureStore, video_ids, budget: int = MEMORY_BUDGET):
+        self.store = store
+        self.index = {v: i for i, v in enumerate(video_ids)}
+        info = store.info
+        size = len(video_ids) * info.segments * (info.dims["audio"] + info.dims["visual"]) * 4
+        self.cache = None
+        if size <= budget:
+            self.cache = {m: store.stack_tokens(list(video_ids), m) for m in MEDIA}
+
+    def get(self, video_ids, modality: str) -> np.ndarray:
+        if self.cache is not None:
+            return self.cache[modality][[self.index[v] for v in video_ids]]
+        return self.store.stack_tokens(list(video_ids), modality)
+
+
+@dataclass
+class Split:
+    """The questions of one split, in memory (question features are small)."""
+
+    name: str
+    video_ids: np.ndarray  # [N] object
+    answers: torch.Tensor  # [N] answer (or option) index
+    q_tokens: torch.Tensor  # [N, L, D_t]
+    q_mask: torch.Tensor  # [N, L]
+    q_global: torch.Tensor  # [N, D_tg]
+    options: torch.Tensor | None  # [N, K, D_tg] (AVQA)
+    rows: np.ndarray  # question rows in the feature store
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+
+def load_split(store: FeatureStore, name: str, read_text: bool = True) -> Split:
+    """Questions of ``name``; with ``read_text=False`` (text declared missing) the question features
+    are never read and stand as zeros."""
+    rows = store.questions.rows(name)
+    if len(rows) == 0:
+        raise UserError(f"{store.path}: no questions in split '{name}'")
+    L, D = store.info.question_tokens, store.info.dims["text"]
+    if read_text:
+        arrays = store.question_arrays(rows)
+        q_tokens, q_mask, q_global = arrays["tokens"], arrays["mask"], arrays["global"]
+        options = arrays.get("options")
+    else:
+        q_tokens = np.zeros((len(rows), L, D), np.float32)
+        q_mask = np.zeros((len(rows), L), bool)
+        q_mask[:, 0] = True  # one (zero) token so attention is defined
+        q_global = np.zeros((len(rows), store.info.dims["text_global"]), np.float32)
+        options = store.question_arrays(rows).get("options") if store.has_options else None
+    return Split(
+        name=name,
+        video_ids=store.questions.video_id[rows],
+        answers=torch.as_tensor(store.questions.answer_index[rows], dtype=torch.long),
+        q_tokens=torch.as_tensor(q_tokens),
+        q_mask=torch.as_tensor(q_mask),
+        q_global=torch.as_tensor(q_global),
+        options=None if options is None else torch.as_tensor(options),
+        rows=rows,
+    )
+
+
+Retrieve = Callable[[np.ndarray, str], tuple[np.ndarray, np.ndarray]]
+
+
+def make_batch(
+    split: Split,
+    idx: np.ndarray,
+    missing: np.ndarray,
+    videos: VideoTokens,
+    cfg: ModelConfig,
+    retrieve: Retrieve | None,
+    bank: Bank | None,
+    training: bool,
+) -> dict:
+    """A batch keyed by modality. The tokens of a modality are read only for the rows that have it;
+    rows that miss it get zeros here and their recovery inputs in ``batch["recover"][m]``.
+    In training (simulated missing), the real tokens of the recovered rows are added as ``real``
+    for the ranking loss and the generative MSE, and random bank entries as ``negatives``."""
+    vids = split.video_ids[idx]
+    batch: dict = {"missing": torch.as_tensor(missing, dtype=torch.long)}
+    for m in MEDIA:
+        have = missing != MISSING_CODES[m]
+        tokens = np.zeros((len(idx), cfg.segments, cfg.dims[m]), np.float32)
+        if have.any():
+            tokens[have] = videos.get(vids[have], m)
+        batch[m] = torch.from_numpy(tokens)
+    batch["q_tokens"] = split.q_tokens[idx]
+    batch["q_mask"] = split.q_mask[idx]
+    batch["q_global"] = split.q_global[idx]
+    batch["answer"] = split.answers[idx]
+    if split.options is not None:
+        batch["options"] = split.options[idx]
+    recover = {}
+    for m in MEDIA:
+        rows = np.flatnonzero(missing == MISSING_CODES[m])
+        if len(rows) == 0:
+            continue
+        rec: dict = {"rows": torch.as_tensor(rows, dtype=torch.long)}
+        if cfg.retrieves:
+            entries, sims = retrieve(vids[rows], m)
+            rec["candidates"] = torch.from_numpy(bank.gather(m, entries[:, : cfg.n]))
+            rec["sims"] = torch.from_numpy(np.ascontiguousarray(sims[:, : cfg.n], np.float32))
+            if training:
+                negatives = bank.negatives(vids[rows], m)[:, : cfg.n]
+                rec["negatives"] = torch.from_numpy(bank.gather(m, negatives))
+        if training:
+            rec["real"] = torch.from_numpy(videos.get(vids[rows], m))
+        recover[m] = rec
+    batch["recover"] = recover
+    return batch
+
+
+def simulate_missing(size: int, p_missing: float, rng: np.random.Generator) -> np.ndarray:
+    """Each sample independently loses audio or visual (never both) with probability p_missing."""
+    lose = rng.random(size) < p_missing
+    which = np.where(rng.random(size) < 0.5, MISSING_CODES["audio"], MISSING_CODES["visual"])
+    return np.where(lose, which, MISSING_CODES["none"])
+
+
+def to_device(batch: dict, device: str) -> dict:
+    if device == "cpu":
+        return batch
+    moved = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    moved["recover"] = {m: {k: v.to(device) for k, v in rec.items()} for m, rec in batch["recover"].items()}
+    return moved
+
+
+# --------------------------------------------------------------------------- building a run
+
+
+@dataclass
+class RunData:
+    """Everything a stage reads: the store, the bank, the video tokens and the splits."""
+
+    store: FeatureStore
+    bank: Bank
+    videos: VideoTokens
+    splits: dict[str, Split]
+
+
+def open_data(features: Path, bank_dir: Path, split_names=("train", "val")) -> RunData:
+    from .bank import Bank
+
+    artifacts.require(features, "extract")
+    artifacts.require(bank_dir, "build-bank")
+    store = FeatureStore(features)
+    bank = Bank.open(bank_dir)
+    if not bank.info.compatible(store.info):
+        raise UserError(
+            f"{bank_dir}: bank built from encoder '{bank.info.encoder}' {bank.info.dims}, "
+            f"but {features} holds '{store.info.encoder}' {store.info.dims}"
+        )
+    splits = {name: load_split(store, name) for name in split_names}
+    needed = sorted({v for s in splits.values() for v in s.video_ids})
+    return RunData(store, bank, VideoTokens(store, needed), splits)
+
+
+def model_config_for(store: FeatureStore, cfg: TrainExpertsConfig) -> ModelConfig:
+    info = store.info
+    return ModelConfig(
+        dims={k: info.dims[k] for k in ("audio", "visual", "text", "text_global")},
+        segments=info.segments,
+        question_tokens=info.question_tokens,
+        answers=len(store.answers),
+        options=store.has_options,
+        recovery=cfg.recovery,
+        n=cfg.n,
+        rho=cfg.rho,
+        d_model=cfg.d_model,
+    )
+
+
+def fit_cap_priors(model: R2ScP, data: RunData, seed: int) -> None:
+    """`cap` without retrieval: the modality's mean tokens and k-means prototypes of training tokens."""
+    train_videos = sorted(set(data.splits["train"].video_ids))
+    generator = torch.Generator().manual_seed(seed)
+    for m in MEDIA:
+        tokens = torch.from_numpy(data.videos.get(train_videos, m))  # [V, T, D]
+        getattr(model, f"mean_{m}").copy_(tokens.mean(0))
+        points = tokens.flatten(0, 1)
+        centres = points[torch.randperm(len(points), generator=generator)[: model.cfg.prototypes]].clone()
+        for _ in range(20):  # Lloyd iterations
+            assign = torch.cdist(points, centres).argmin(1)
+            for c in range(len(centres)):
+                members = points[assign == c]
+                if len(members):
+                    centres[c] = members.mean(0)
+        getattr(model, f"prototypes_{m}").copy_(centres)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def predict(model: R2ScP, split: Split, setting: str, videos: VideoTokens, retrieve, bank, batch_size: int, device: str):
+    """Log-probabilities of every question with ``setting`` removed from every sample:
+    {"routed": [N, A], "audio"/"visual"/"text": [N, A], "alpha": [N, 3]}."""
+    model.eval()
+    missing = np.full(len(split), MISSING_CODES[setting])
+    out: dict[str, list] = {k: [] for k in ("routed", "alpha", *EXPERTS)}
+    for start in range(0, len(split), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(split)))
+        batch = to_device(make_batch(split, idx, missing[idx], videos, model.cfg, retrieve, bank, False), device)
+        result = model(batch, route=True)
+        out["routed"].append(torch.log_softmax(result["logits"], -1).cpu())
+        out["alpha"].append(result["alpha"].cpu())
+        for m in EXPERTS:
+            out[m].append(torch.log_softmax(result["expert_logits"][m], -1).cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def accuracy(log_probs: torch.Tensor, answers: torch.Tensor) -> float:
+    return 100.0 * (log_probs.argmax(-1) == answers).float().mean().item()
+
+
+def validate(model, data: RunData, stage: int, batch_size: int, device: str) -> dict[str, float]:
+    """Val accuracy per setting; stage 1 scores the experts' summed log-probabilities, stage 2 the routed head."""
+    split = data.splits["val"]
+    scores = {}
+    for setting in SETTINGS:
+        p = predict(model, split, setting, data.videos, data.bank.neighbours, data.bank, batch_size, device)
+        combined = p["routed"] if stage == 2 else sum(p[m] for m in EXPERTS)
+        scores[setting] = accuracy(combined, split.answers)
+    scores["selection"] = sum(scores[s] for s in SETTINGS) / len(SETTINGS)
+    return scores
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def stage_one_loss(model: R2ScP, batch: dict, out: dict, lambda_rank: float, margin: float) -> torch.Tensor:
+    """Sum of the experts' cross-entropies, + lambda * ranking loss for retrieved fills,
+    + MSE of the generative baseline's pseudo tokens to the real ones."""
+    answer = batch["answer"]
+    loss = sum(F.cross_entropy(out["expert_logits"][m], answer) for m in EXPERTS)
+    for m, rec in batch["recover"].items():
+        r = out["recovery"][m]
+        if r["generated"] is not None:
+            loss = loss + F.mse_loss(r["generated"], rec["real"])
+        if model.cfg.retrieves and lambda_rank > 0:
+            rows = rec["rows"]
+            truth = answer[rows]
+            options = batch["options"][rows] if "options" in batch else None
+            no_confidence = r["q_global"].new_zeros(len(rows), 2)
+            real = model.projection[m](rec["real"])
+            s_real = model.expert_score(m, real, r["q_global"], 0.0, no_confidence, truth, options)
+            s_retrieved = model.expert_score(m, r["h"], r["q_global"], 1.0, r["confidence"], truth, options)
+            h_random, conf_random, _ = model.recover(
+                m, rec, r["available"], r["q_tokens"], r["q_pad"], r["q_global"],
+                candidates=rec["negatives"], sims=torch.zeros_like(rec["sims"]),
+            )
+            s_random = model.expert_score(m, h_random, r["q_global"], 1.0, conf_random, truth, options)
+            loss = loss + lambda_rank * ranking_loss(s_real, s_retrieved, s_random, margin)
+    return loss
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What both stages' loops need (taken from either stage's config)."""
+
+    stage: int
+    epochs: int
+    patience: int
+    batch_size: int
+    lr: float
+    seed: int
+    p_missing: float
+    device: str
+    lambda_rank: float = 0.0
+    margin: float = 0.0
+
+
+def save_model(path: Path, model: R2ScP, answers: list[str], **extra) -> None:
+    with artifacts.atomic_path(path) as tmp:
+        torch.save({"model_config": model.cfg.to_dict(), "state": model.state_dict(), "answers": answers, **extra}, tmp)
+
+
+def load_model(path: Path, device: str = "cpu") -> tuple[R2ScP, dict]:
+    """Rebuild a model from its checkpoint alone (the config travels with the weights)."""
+    if not path.exists():
+        raise UserError(f"{path}: model checkpoint not found")
+    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    model = R2ScP(ModelConfig(**checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["state"], strict=True)
+    return model.to(device), checkpoint
+
+
+def fit(model: R2ScP, params: list, data: RunData, loop: LoopConfig, out_dir: Path, resume: bool) -> dict:
+    """Train with the missing simulation, select on val (mean over complete / missing audio / missing
+    visual), stop early, save ``model.pt`` at each improvement and ``checkpoint.pt`` every epoch."""
+    split = data.splits["train"]
+    rng = np.random.default_rng(loop.seed)
+    torch.manual_seed(loop.seed)
+    optimizer = torch.optim.AdamW(params, lr=loop.lr, weight_decay=1e-4)
+    state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "best_scores": {}}
+    checkpoint_path, log_path = out_dir / "checkpoint.pt", out_dir / "log.jsonl"
+    if resume and checkpoint_path.exists():
+        checkpoint = torch.load(checkpoint_path, weights_only=False)
+        model.load_state_dict(checkpoint["state"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        state = checkpoint["loop"]
+        rng.bit_generator.state = checkpoint["numpy_rng"]
+        torch.set_rng_state(checkpoint["torch_rng"])
+        console.print(f"resuming {out_dir} after epoch {state['epoch']}")
+    else:
+        log_path.unlink(missing_ok=True)
+    batches = math.ceil(len(split) / loop.batch_size)
+    started, seen = time.time(), 0
+    with progress_bar("loss", "val") as bar:
+        task = bar.add_task(f"stage {loop.stage}", total=loop.epochs * batches, completed=state["epoch"] * batches,
+                            loss="-", val="-")  # fmt: skip
+        for epoch in range(state["epoch"], loop.epochs):
+            model.train() if loop.stage == 1 else model.eval()
+            for module in model.stage_two_modules() if loop.stage == 2 else []:
+                module.train()
+            order, total = rng.permutation(len(split)), 0.0
+            for start in range(0, len(split), loop.batch_size):
+                idx = order[start : start + loop.batch_size]
+                missing = simulate_missing(len(idx), loop.p_missing, rng)
+                batch = make_batch(split, idx, missing, data.videos, model.cfg, data.bank.neighbours, data.bank,
+                                   training=loop.stage == 1)  # fmt: skip
+                batch = to_device(batch, loop.device)
+                out = model(batch, route=loop.stage == 2)
+                if loop.stage == 1:
+                    loss = stage_one_loss(model, batch, out, loop.lambda_rank, loop.margin)
+                else:
+                    loss = F.cross_entropy(out["logits"], batch["answer"])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 5.0)
+                optimizer.step()
+                total += loss.item() * len(idx)
+                seen += len(idx)
+                bar.update(task, advance=1, loss=f"{loss.item():.3f}")
+            scores = validate(model, data, loop.stage, 256, loop.device)
+            entry = {"epoch": epoch + 1, "loss": total / len(split), **{f"val_{k}": v for k, v in scores.items()},
+                     "seconds": round(time.time() - started, 2)}  # fmt: skip
+            with open(log_path, "a", encoding="utf-8") as log:
+                log.write(json.dumps(entry) + "\n")
+            improved = scores["selection"] > state["best"]
+            if improved:
+                state.update(best=scores["selection"], best_epoch=epoch + 1, bad_epochs=0, best_scores=scores)
+                save_model(out_dir / "model.pt", model, data.store.answers, epoch=epoch + 1, val=scores)
+            else:
+                state["bad_epochs"] += 1
+            state["epoch"] = epoch + 1
+            bar.update(task, val=f"{scores['selection']:.1f}")
+            with artifacts.atomic_path(checkpoint_path) as tmp:
+                torch.save({"state": model.state_dict(), "optimizer": optimizer.state_dict(), "loop": state,
+                            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, tmp)  # fmt: skip
+            if state["bad_epochs"] >= loop.patience:
+                bar.update(task, total=(epoch + 1) * batches, completed=(epoch + 1) * batches)
+                break
+    elapsed = time.time() - started
+    return {
+        "epochs": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "val": state["best_scores"],
+        "train_samples_per_s": round(seen / elapsed, 1) if elapsed > 0 else None,
+    }
+
+
+# --------------------------------------------------------------------------- the two stages
+
+
+def check_training_config(config) -> None:
+    from .config import RECOVERY_METHODS
+
+    recovery = getattr(config, "recovery", None)
+    if recovery is not None and recovery not in RECOVERY_METHODS:
+        raise UserError(f"--recovery {recovery}: choose one of {', '.join(RECOVERY_METHODS)}")
+    if not 0.0 <= config.p_missing <= 1.0:
+        raise UserError(f"--p-missing {config.p_missing}: must lie in [0, 1]")
+    if config.epochs < 1 or config.batch_size < 1:
+        raise UserError("--epochs and --batch-size must be at least 1")
+    if isinstance(config, TrainExpertsConfig) and not 0.0 < config.rho <= 1.0:
+        raise UserError(f"--rho {config.rho}: must lie in (0, 1]")
+
+
+def run_experts(config: TrainExpertsConfig, force: bool = False, resume: bool = False) -> Path:
+    """Stage 1: the experts, their heads and the recovery modules, with simulated missing modalities."""
+    check_training_config(config)
+    inputs = {"features": config.features, "bank": config.bank}
+    artifacts.require(config.features, "extract")
+    artifacts.require(config.bank, "build-bank")
+    run = artifacts.begin("train-experts", config.out, config, inputs, force=force)
+    if run.finished:
+        console.print(f"{config.out}: already trained on the same inputs (use --force to redo)")
+        return config.out
+    data = open_data(config.features, config.bank)
+    stored = data.bank.neighbours(data.splits["train"].video_ids[:1], "audio")[0].shape[1]
+    if config.recovery in ("cmr", "cmr+cap") and config.n > stored:
+        raise UserError(f"--n {config.n}: the bank stores only {stored} neighbours per video")
+    torch.manual_seed(config.seed)
+    model = R2ScP(model_config_for(data.store, config)).to(config.device)
+    if config.recovery == "cap":
+        fit_cap_priors(model, data, config.seed)
+    loop = LoopConfig(1, config.epochs, config.patience, config.batch_size, config.lr, config.seed,
+                      config.p_missing, config.device, config.lambda_rank, config.margin)  # fmt: skip
+    summary = fit(model, model.stage_one_parameters(), data, loop, config.out, resume)
+    console.print(f"stage 1 ({config.recovery}): best val {summary['val'].get('selection', float('nan')):.2f} "
+                  f"at epoch {summary['best_epoch']}")  # fmt: skip
+    run.finish(figures=summary, model_config=model.cfg.to_dict())
+    return config.out
+
+
+def run_router(config: TrainRouterConfig, force: bool = False, resume: bool = False) -> Path:
+    """Stage 2: everything from stage 1 frozen; the router and the routed head learn to weigh experts."""
+    experts_meta = artifacts.require(config.experts, "train-experts")
+    check_training_config(config)
+    run = artifacts.begin("train-router", config.out, config, {"experts": config.experts}, force=force)
+    if run.finished:
+        console.print(f"{config.out}: already trained on the same inputs (use --force to redo)")
+        return config.out
+    stage_one = experts_meta["config"]
+    data = open_data(Path(stage_one["features"]), Path(stage_one["bank"]))
+    model, _ = load_model(config.experts / "model.pt", config.device)
+    for parameter in model.stage_one_parameters():
+        parameter.requires_grad_(False)
+    params = [p for module in model.stage_two_modules() for p in module.parameters()]
+    loop = LoopConfig(2, config.epochs, config.patience, config.batch_size, config.lr, config.seed,
+                      config.p_missing, config.device)  # fmt: skip
+    summary = fit(model, params, data, loop, config.out, resume)
+    console.print(f"stage 2 ({model.cfg.recovery}): best val {summary['val'].get('selection', float('nan')):.2f} "
+                  f"at epoch {summary['best_epoch']}")  # fmt: skip
+    run.finish(figures=summary, model_config=model.cfg.to_dict(), recovery=model.cfg.recovery,
+               seed=stage_one["seed"])  # fmt: skip
+    return config.out

@@ -1,0 +1,350 @@
+"""The R2ScP model in one file (DESIGN section 6).
+
+Notation: d = model width, T segments, L question tokens, n retrieved candidates, k = ceil(rho * T).
+A batch is a dict keyed by modality (see ``train.Batches``): real tokens of the available media
+modalities, the question, a ``missing`` code per sample, and, for each media modality that some rows
+must recover, a ``recover[m]`` dict with those rows and their retrieved candidates.
+
+Pieces, in the order a sample meets them:
+  InputProjection            raw tokens of one modality -> d
+  CrossModalRetrieval (CMR)  H_miss = sum_j softmax(s/tau)_j C_j ; pool P = all n*T candidate tokens
+  ContextAwarePurification   (CAP) noise identification -> text-guided acquisition -> selective injection
+  GenerativeRecovery         the baseline: learned memory slots addressed by the available modality
+  Expert (E_a, E_v, E_t)     per-modality encoder, question-queried pooling, own answer head
+  Router                     stage 2: alpha = softmax(g), Z = sum_m alpha_m H_m, routed answer head
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MEDIA = ("audio", "visual")
+EXPERTS = ("audio", "visual", "text")
+MISSING_CODES = {"none": 0, "audio": 1, "visual": 2, "text": 3}
+OTHER = {"audio": "visual", "visual": "audio"}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the model; stored in every checkpoint."""
+
+    dims: dict  # raw dims: audio, visual, text (tokens), text_global
+    segments: int  # T
+    question_tokens: int  # L
+    answers: int  # size of the answer vocabulary (unused in option mode)
+    options: bool  # AVQA multiple choice: score each option's text embedding
+    recovery: str  # zero | generative | cmr | cap | cmr+cap
+    n: int = 5
+    rho: float = 0.25
+    d_model: int = 128
+    heads: int = 4
+    layers: int = 1
+    dropout: float = 0.1
+    memory_slots: int = 64  # generative baseline
+    prototypes: int = 40  # cap without retrieval: k-means prototypes forming the pool
+
+    @property
+    def k(self) -> int:
+        return math.ceil(self.rho * self.segments)
+
+    @property
+    def retrieves(self) -> bool:
+        return self.recovery in ("cmr", "cmr+cap")
+
+    @property
+    def purifies(self) -> bool:
+        return self.recovery in ("cap", "cmr+cap")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def straight_through(x: torch.Tensor) -> torch.Tensor:
+    """Exactly 1 in value, with the gradient of ``x``: lets hard top-k choices train their scores."""
+    return 1.0 + (x - x.detach())
+
+
+class InputProjection(nn.Module):
+    """Raw tokens of one modality -> width d."""
+
+    def __init__(self, dim_in: int, d: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim_in)
+        self.linear = nn.Linear(dim_in, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm(x))
+
+
+class CrossModalRetrieval(nn.Module):
+    """CMR: blend the n retrieved candidates by their similarities; keep every candidate token."""
+
+    def __init__(self, tau: float = 0.1):
+        super().__init__()
+        self.log_tau = nn.Parameter(torch.tensor(math.log(tau)))
+
+    def forward(self, candidates: torch.Tensor, sims: torch.Tensor):
+        """candidates [B, n, T, d], sims [B, n] -> H_miss [B, T, d], pool [B, n*T, d], weights [B, n]."""
+        weights = torch.softmax(sims / self.log_tau.exp(), dim=-1)
+        h_miss = torch.einsum("bn,bntd->btd", weights, candidates)
+        pool = candidates.flatten(1, 2)
+        return h_miss, pool, weights
+
+
+class ContextAwarePurification(nn.Module):
+    """CAP: replace the k least consistent positions of H_miss by the k most question-relevant pool tokens."""
+
+    def __init__(self, d: int, heads: int, k: int, dropout: float):
+        super().__init__()
+        self.k = k
+        self.w_proj = nn.Linear(d, d, bias=False)
+        self.anchor_norm = nn.LayerNorm(d)
+        self.cross_attention = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.cross_norm = nn.LayerNorm(d)
+        self.self_attention = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.self_norm = nn.LayerNorm(d)
+        self.relevance_query = nn.Linear(d, d)
+        self.relevance_key = nn.Linear(d, d)
+
+    def identify_noise(self, h_miss: torch.Tensor, available: list[torch.Tensor], q_global: torch.Tensor):
+        """Step 1. g_avl = LN(mean of the available modalities and the question);
+        delta_i = 1 - cos(W_proj H_miss[i], g_avl); Omega_noise = top-k delta."""
+        context = torch.stack([tokens.mean(dim=1) for tokens in available] + [q_global], dim=1)
+        g_avl = self.anchor_norm(context.mean(dim=1))  # [B, d]
+        delta = 1.0 - F.cosine_similarity(self.w_proj(h_miss), g_avl[:, None, :], dim=-1)  # [B, T]
+        omega_noise = delta.topk(self.k, dim=-1).indices  # [B, k], largest delta first
+        return delta, omega_noise
+
+    def acquire(self, pool: torch.Tensor, q_tokens: torch.Tensor, q_pad: torch.Tensor, q_global: torch.Tensor):
+        """Step 2. Pool tokens attend to the question, then to each other -> H_guided; the question's
+        attention over H_guided gives each pool token a relevance; Omega_salient = top-k relevance."""
+        attended, _ = self.cross_attention(pool, q_tokens, q_tokens, key_padding_mask=q_pad, need_weights=False)
+        x = self.cross_norm(pool + attended)
+        mixed, _ = self.self_attention(x, x, x, need_weights=False)
+        h_guided = self.self_norm(x + mixed)  # [B, P, d]
+        scores = torch.einsum("bd,bpd->bp", self.relevance_query(q_global), self.relevance_key(h_guided))
+        relevance = torch.softmax(scores / math.sqrt(h_guided.shape[-1]), dim=-1)  # [B, P]
+        omega_salient = relevance.topk(self.k, dim=-1).indices  # [B, k], most relevant first
+        return h_guided, relevance, omega_salient
+
+    @staticmethod
+    def inject(h_miss, h_guided, delta, omega_noise, relevance, omega_salient) -> torch.Tensor:
+        """Step 3. H_pur = (1 - M_noise) * H_miss + M_noise * Gather(H_guided, Omega_salient):
+        the i-th noisiest position receives the i-th most relevant pool token; nothing else changes."""
+        d = h_miss.shape[-1]
+        gathered = h_guided.gather(1, omega_salient[..., None].expand(-1, -1, d))  # [B, k, d]
+        # Values unchanged; gradients reach the relevance and consistency scores through the choice.
+        gate = straight_through(relevance.gather(1, omega_salient)) * straight_through(delta.gather(1, omega_noise))
+        injected = h_miss.scatter(1, omega_noise[..., None].expand(-1, -1, d), gathered * gate[..., None])
+        m_noise = torch.zeros_like(delta).scatter(1, omega_noise, 1.0)[..., None]  # [B, T, 1]
+        return (1.0 - m_noise) * h_miss + m_noise * injected
+
+    def forward(self, h_miss, pool, available, q_tokens, q_pad, q_global):
+        delta, omega_noise = self.identify_noise(h_miss, available, q_global)
+        h_guided, relevance, omega_salient = self.acquire(pool, q_tokens, q_pad, q_global)
+        h_pur = self.inject(h_miss, h_guided, delta, omega_noise, relevance, omega_salient)
+        return h_pur, {"delta": delta, "omega_noise": omega_noise, "omega_salient": omega_salient,
+                       "relevance": relevance, "h_guided": h_guided}  # fmt: skip
+
+
+class GenerativeRecovery(nn.Module):
+    """The generation paradigm (Missing-AVQA style): learned memory slots, addressed per segment by the
+    available modality and the question, produce pseudo raw tokens (trained with MSE to the real ones)."""
+
+    def __init__(self, d: int, dim_out: int, slots: int):
+        super().__init__()
+        self.query = nn.Linear(d, d)
+        self.slot_keys = nn.Parameter(torch.randn(slots, d) / math.sqrt(d))
+        self.slot_values = nn.Parameter(torch.randn(slots, dim_out) * 0.1)
+
+    def forward(self, available: torch.Tensor, q_global: torch.Tensor) -> torch.Tensor:
+        """available [B, T, d], q_global [B, d] -> pseudo raw tokens [B, T, dim_out]."""
+        query = self.query(available + q_global[:, None, :])
+        address = torch.softmax(query @ self.slot_keys.T / math.sqrt(query.shape[-1]), dim=-1)
+        return address @ self.slot_values
+
+
+class AnswerHead(nn.Module):
+    """A fixed vocabulary (MUSIC-AVQA) or per-question options (AVQA: score each option's embedding)."""
+
+    def __init__(self, d: int, answers: int, options: bool, dim_option: int, dropout: float):
+        super().__init__()
+        self.options = options
+        self.hidden = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Dropout(dropout))
+        if options:
+            self.option_projection = nn.Linear(dim_option, d)
+        else:
+            self.out = nn.Linear(d, answers)
+
+    def forward(self, h: torch.Tensor, options: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.hidden(h)
+        if self.options:
+            return torch.einsum("bd,bkd->bk", h, self.option_projection(options)) / math.sqrt(h.shape[-1])
+        return self.out(h)
+
+
+class Expert(nn.Module):
+    """One modality's expert: a small transformer over its tokens, pooled with the question as the query
+    (and, for media, the retrieval confidence), fused with the question, with its own answer head."""
+
+    def __init__(self, cfg: ModelConfig, length: int, dim_option: int):
+        super().__init__()
+        d = cfg.d_model
+        self.position = nn.Parameter(torch.zeros(length, d))
+        self.recovered = nn.Parameter(torch.zeros(d))  # the "recovered" type embedding
+        layer = nn.TransformerEncoderLayer(d, cfg.heads, 2 * d, cfg.dropout, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.pool_query = nn.Linear(d + 3, d)  # question + [recovered flag, mean sim, entropy]
+        self.fuse = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.LayerNorm(d))
+        self.head = AnswerHead(d, cfg.answers, cfg.options, dim_option, cfg.dropout)
+
+    def forward(self, tokens, q_global, flag, confidence, pad=None) -> torch.Tensor:
+        """tokens [B, S, d]; flag [B] (1 = recovered); confidence [B, 2] -> H [B, d]."""
+        x = tokens + self.position[: tokens.shape[1]] + flag[:, None, None] * self.recovered
+        x = self.encoder(x, src_key_padding_mask=pad)
+        query = self.pool_query(torch.cat([q_global, flag[:, None], confidence], dim=-1))
+        scores = torch.einsum("bd,bsd->bs", query, x) / math.sqrt(x.shape[-1])
+        if pad is not None:
+            scores = scores.masked_fill(pad, float("-inf"))
+        pooled = torch.einsum("bs,bsd->bd", torch.softmax(scores, dim=-1), x)
+        return self.fuse(torch.cat([pooled, q_global], dim=-1))
+
+
+class Router(nn.Module):
+    """Stage 2: weights alpha over the experts from their outputs, the recovered flags and the confidence."""
+
+    def __init__(self, d: int, dropout: float):
+        super().__init__()
+        self.gate = nn.Sequential(nn.Linear(3 * d + 3 + 4, d), nn.GELU(), nn.Dropout(dropout), nn.Linear(d, 3))
+
+    def forward(self, h: dict, flags: torch.Tensor, confidence: torch.Tensor):
+        """h: {audio, visual, text} [B, d]; flags [B, 3]; confidence [B, 4] -> Z [B, d], alpha [B, 3]."""
+        stacked = torch.stack([h[m] for m in EXPERTS], dim=1)  # [B, 3, d]
+        alpha = torch.softmax(self.gate(torch.cat([stacked.flatten(1), flags, confidence], dim=-1)), dim=-1)
+        return torch.einsum("bm,bmd->bd", alpha, stacked), alpha
+
+
+def ranking_loss(s_real, s_retrieved, s_random, margin: float) -> torch.Tensor:
+    """L_rank+ + L_rank-: real > recovered from neighbours > recovered from random bank entries,
+    where s is an expert's log-probability of the true answer."""
+    positive = F.relu(margin - (s_real - s_retrieved))
+    negative = F.relu(margin - (s_retrieved - s_random))
+    return (positive + negative).mean()
+
+
+class R2ScP(nn.Module):
+    """Input projections, recovery (CMR, CAP, or a baseline), three experts, router and routed head."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, dims = cfg.d_model, cfg.dims
+        self.projection = nn.ModuleDict({m: InputProjection(dims[m], d) for m in EXPERTS})
+        self.question_projection = InputProjection(dims["text_global"], d)
+        if cfg.retrieves:
+            self.cmr = nn.ModuleDict({m: CrossModalRetrieval() for m in MEDIA})
+        if cfg.purifies:
+            self.cap = nn.ModuleDict(
+                {m: ContextAwarePurification(d, cfg.heads, cfg.k, cfg.dropout) for m in MEDIA}
+            )
+        if cfg.recovery == "cap":  # no retrieval: dataset mean tokens and k-means prototypes
+            for m in MEDIA:
+                self.register_buffer(f"mean_{m}", torch.zeros(cfg.segments, dims[m]))
+                self.register_buffer(f"prototypes_{m}", torch.zeros(cfg.prototypes, dims[m]))
+        if cfg.recovery == "generative":
+            self.generator = nn.ModuleDict({m: GenerativeRecovery(d, dims[m], cfg.memory_slots) for m in MEDIA})
+        dim_option = dims["text_global"]
+        self.experts = nn.ModuleDict(
+            {
+                "audio": Expert(cfg, cfg.segments, dim_option),
+                "visual": Expert(cfg, cfg.segments, dim_option),
+                "text": Expert(cfg, cfg.question_tokens, dim_option),
+            }
+        )
+        self.router = Router(d, cfg.dropout)
+        self.routed_head = AnswerHead(d, cfg.answers, cfg.options, dim_option, cfg.dropout)
+
+    # -- parameters of the two stages
+    def stage_two_modules(self) -> list[nn.Module]:
+        return [self.router, self.routed_head]
+
+    def stage_one_parameters(self) -> list[nn.Parameter]:
+        stage_two = {id(p) for module in self.stage_two_modules() for p in module.parameters()}
+        return [p for p in self.parameters() if id(p) not in stage_two]
+
+    # -- recovery
+    def recover(self, m: str, rec: dict, available, q_tokens, q_pad, q_global, candidates=None, sims=None):
+        """Recovered tokens [B', T, d] for the rows of ``rec`` that miss ``m``, their confidence [B', 2],
+        and the generative baseline's pseudo raw tokens (or None)."""
+        cfg = self.cfg
+        rows = available.shape[0]
+        confidence = available.new_zeros(rows, 2)
+        generated = None
+        if cfg.recovery == "zero":
+            return available.new_zeros(rows, cfg.segments, cfg.d_model), confidence, None
+        if cfg.recovery == "generative":
+            generated = self.generator[m](available, q_global)
+            return self.projection[m](generated), confidence, generated
+        if cfg.retrieves:
+            candidates = rec["candidates"] if candidates is None else candidates
+            sims = rec["sims"] if sims is None else sims
+            projected = self.projection[m](candidates)  # [B', n, T, d]
+            h_miss, pool, weights = self.cmr[m](projected, sims)
+            entropy = -(weights * weights.clamp_min(1e-9).log()).sum(-1) / math.log(max(weights.shape[-1], 2))
+            confidence = torch.stack([sims.mean(-1), entropy], dim=-1)
+        else:  # cap alone: the modality's mean tokens, and k-means prototypes as the pool
+            h_miss = self.projection[m](getattr(self, f"mean_{m}")).expand(rows, -1, -1)
+            pool = self.projection[m](getattr(self, f"prototypes_{m}")).expand(rows, -1, -1)
+        if cfg.purifies:
+            h_miss, _ = self.cap[m](h_miss, pool, [available], q_tokens, q_pad, q_global)
+        return h_miss, confidence, generated
+
+    # -- forward
+    def forward(self, batch: dict, route: bool = True) -> dict:
+        """Logits of each expert (stage 1), and of the routed head with the router weights (stage 2)."""
+        missing = batch["missing"]
+        B = missing.shape[0]
+        q_pad = ~batch["q_mask"]
+        text_missing = missing == MISSING_CODES["text"]
+        q_tokens = self.projection["text"](batch["q_tokens"]) * (~text_missing)[:, None, None]
+        q_global = self.question_projection(batch["q_global"]) * (~text_missing)[:, None]
+        tokens = {m: self.projection[m](batch[m]) for m in MEDIA}
+        flags = torch.zeros(B, 3, device=missing.device)
+        flags[:, 2] = text_missing.float()
+        confidence = {m: torch.zeros(B, 2, device=missing.device) for m in MEDIA}
+        out: dict = {"recovery": {}}
+        for m, rec in batch.get("recover", {}).items():
+            rows = rec["rows"]
+            # A sample misses at most one media modality, so the other one is real for these rows.
+            context = {"available": tokens[OTHER[m]][rows], "q_tokens": q_tokens[rows],
+                       "q_pad": q_pad[rows], "q_global": q_global[rows]}  # fmt: skip
+            h_rec, conf, generated = self.recover(m, rec, **context)
+            tokens[m] = tokens[m].index_put((rows,), h_rec)
+            confidence[m] = confidence[m].index_put((rows,), conf)
+            flags[rows, MEDIA.index(m)] = 1.0
+            out["recovery"][m] = {"h": h_rec, "confidence": conf, "generated": generated, **context}
+        h = {
+            m: self.experts[m](tokens[m], q_global, flags[:, i], confidence[m])
+            for i, m in enumerate(MEDIA)
+        }
+        h["text"] = self.experts["text"](q_tokens, q_global, flags[:, 2], q_tokens.new_zeros(B, 2), pad=q_pad)
+        options = batch.get("options")
+        out["expert_logits"] = {m: self.experts[m].head(h[m], options) for m in EXPERTS}
+        out["flags"] = flags
+        if route:
+            z, alpha = self.router(h, flags, torch.cat([confidence["audio"], confidence["visual"]], dim=-1))
+            out["logits"] = self.routed_head(z, options)
+            out["alpha"] = alpha
+        return out
+
+    def expert_score(self, m: str, tokens: torch.Tensor, q_global, flag: float, confidence, answer, options=None):
+        """s(x): expert m's log-probability of the true answer, given projected tokens x."""
+        flags = tokens.new_full((tokens.shape[0],), flag)
+        h = self.experts[m](tokens, q_global, flags, confidence)
+        logits = self.experts[m].head(h, options)
+        return torch.log_softmax(logits, dim=-1).gather(1, answer[:, None]).squeeze(1)

@@ -1,0 +1,181 @@
+"""The model's formulas, checked exactly on small random inputs (DESIGN section 6)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from r2scp_cli.model import (
+    MISSING_CODES,
+    ContextAwarePurification,
+    GenerativeRecovery,
+    ModelConfig,
+    R2ScP,
+    ranking_loss,
+)
+from r2scp_cli.train import stage_one_loss
+
+T, L, N_CAND, D = 8, 6, 5, 32
+DIMS = {"audio": 12, "visual": 10, "text": 9, "text_global": 7}
+
+
+def config(recovery="cmr+cap", options=False, **kw):
+    return ModelConfig(dims=DIMS, segments=T, question_tokens=L, answers=11, options=options,
+                       recovery=recovery, n=N_CAND, rho=0.25, d_model=D, heads=4, **kw)  # fmt: skip
+
+
+def toy_batch(B=6, missing=("audio", "visual", "none", "audio", "visual", "none"), training=True, seed=0, options=False):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.tensor([MISSING_CODES[m] for m in missing])
+    batch = {
+        "missing": codes,
+        "audio": torch.randn(B, T, DIMS["audio"], generator=g) * (codes != 1)[:, None, None],
+        "visual": torch.randn(B, T, DIMS["visual"], generator=g) * (codes != 2)[:, None, None],
+        "q_tokens": torch.randn(B, L, DIMS["text"], generator=g),
+        "q_mask": torch.arange(L)[None, :] < torch.tensor([L, 3, 4, L, 2, 5])[:B, None],
+        "q_global": torch.randn(B, DIMS["text_global"], generator=g),
+        "answer": torch.randint(0, 4 if options else 11, (B,), generator=g),
+        "recover": {},
+    }
+    if options:
+        batch["options"] = torch.randn(B, 4, DIMS["text_global"], generator=g)
+    for m, code in (("audio", 1), ("visual", 2)):
+        rows = torch.nonzero(codes == code).flatten()
+        rec = {"rows": rows, "candidates": torch.randn(len(rows), N_CAND, T, DIMS[m], generator=g),
+               "sims": torch.rand(len(rows), N_CAND, generator=g).sort(-1, descending=True).values}  # fmt: skip
+        if training:
+            rec["negatives"] = torch.randn(len(rows), N_CAND, T, DIMS[m], generator=g)
+            rec["real"] = torch.randn(len(rows), T, DIMS[m], generator=g)
+        batch["recover"][m] = rec
+    return batch
+
+
+@pytest.fixture
+def cap():
+    torch.manual_seed(0)
+    module = ContextAwarePurification(D, heads=4, k=math.ceil(0.25 * T), dropout=0.0).eval()
+    g = torch.Generator().manual_seed(1)
+    inputs = dict(
+        h_miss=torch.randn(3, T, D, generator=g),
+        pool=torch.randn(3, N_CAND * T, D, generator=g),
+        available=[torch.randn(3, T, D, generator=g)],
+        q_tokens=torch.randn(3, L, D, generator=g),
+        q_pad=torch.zeros(3, L, dtype=torch.bool),
+        q_global=torch.randn(3, D, generator=g),
+    )
+    return module, inputs
+
+
+def test_cap_changes_exactly_the_k_noise_positions(cap):
+    module, x = cap
+    with torch.no_grad():
+        h_pur, info = module(**x)
+    k = math.ceil(0.25 * T)
+    changed = (h_pur != x["h_miss"]).any(-1)  # [B, T]
+    assert changed.sum(-1).tolist() == [k, k, k]
+    for b in range(3):
+        assert set(torch.nonzero(changed[b]).flatten().tolist()) == set(info["omega_noise"][b].tolist())
+
+
+def test_noise_positions_have_the_largest_delta(cap):
+    module, x = cap
+    with torch.no_grad():
+        _, info = module(**x)
+        anchor = module.anchor_norm((x["available"][0].mean(1) + x["q_global"]) / 2)
+        delta = 1 - F.cosine_similarity(module.w_proj(x["h_miss"]), anchor[:, None], dim=-1)
+    torch.testing.assert_close(info["delta"], delta)
+    k = math.ceil(0.25 * T)
+    for b in range(3):
+        expected = set(torch.argsort(delta[b], descending=True)[:k].tolist())
+        assert set(info["omega_noise"][b].tolist()) == expected
+
+
+def test_injected_tokens_are_the_most_question_relevant_pool_tokens(cap):
+    module, x = cap
+    with torch.no_grad():
+        h_pur, info = module(**x)
+        scores = torch.einsum("bd,bpd->bp", module.relevance_query(x["q_global"]), module.relevance_key(info["h_guided"]))
+        relevance = torch.softmax(scores / math.sqrt(D), -1)
+    torch.testing.assert_close(info["relevance"], relevance)
+    k = math.ceil(0.25 * T)
+    for b in range(3):
+        salient = torch.argsort(relevance[b], descending=True)[:k]
+        assert info["omega_salient"][b].tolist() == salient.tolist()
+        for i in range(k):  # the i-th noisiest position holds the i-th most relevant guided token
+            torch.testing.assert_close(h_pur[b, info["omega_noise"][b, i]], info["h_guided"][b, salient[i]])
+
+
+@pytest.mark.parametrize("options", [False, True])
+def test_router_weights_sum_to_one_and_heads_have_the_right_width(options):
+    torch.manual_seed(0)
+    model = R2ScP(config(options=options)).eval()
+    out = model(toy_batch(training=False, options=options))
+    torch.testing.assert_close(out["alpha"].sum(-1), torch.ones(6))
+    assert (out["alpha"] >= 0).all()
+    assert out["logits"].shape == (6, 4 if options else 11)
+    assert out["flags"][:, :2].tolist() == [[1, 0], [0, 1], [0, 0], [1, 0], [0, 1], [0, 0]]
+
+
+def test_gradients_reach_cap_cmr_and_input_projections_in_stage_one():
+    torch.manual_seed(0)
+    model = R2ScP(config())
+    batch = toy_batch()
+    loss = stage_one_loss(model, batch, model(batch, route=False), lambda_rank=0.1, margin=0.1)
+    loss.backward()
+    for name in ("cap.audio.cross_attention.in_proj_weight", "cap.audio.self_attention.in_proj_weight",
+                 "cap.visual.relevance_query.weight", "cap.visual.w_proj.weight", "cmr.audio.log_tau",
+                 "projection.audio.linear.weight", "projection.visual.linear.weight", "projection.text.linear.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    assert all(p.grad is None for p in model.router.parameters())  # stage 1 does not route
+
+
+def test_missing_rows_ignore_their_zeroed_tokens():
+    """Recovered rows take their tokens from recovery only: the placeholder values do not matter."""
+    torch.manual_seed(0)
+    model = R2ScP(config()).eval()
+    batch = toy_batch(training=False)
+    poisoned = {**batch, "audio": batch["audio"].clone()}
+    poisoned["audio"][batch["missing"] == 1] = 123.0
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch)["logits"], model(poisoned)["logits"])
+
+
+def test_ranking_loss_matches_hand_computation():
+    s_real = torch.tensor([-0.5, -1.0, -2.0])
+    s_retrieved = torch.tensor([-0.55, -0.5, -2.5])
+    s_random = torch.tensor([-3.0, -0.45, -2.52])
+    # positive: relu(0.1 - (real - retrieved)) = [0.05, 0.6, 0.0]
+    # negative: relu(0.1 - (retrieved - random)) = [0.0, 0.15, 0.08]
+    expected = (0.05 + 0.6 + 0.0 + 0.0 + 0.15 + 0.08) / 3
+    assert ranking_loss(s_real, s_retrieved, s_random, 0.1).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_generative_baseline_mse_decreases_on_a_toy_set():
+    torch.manual_seed(0)
+    available = torch.randn(64, T, D)
+    q_global = torch.randn(64, D)
+    target = torch.tanh(available[..., :12] * 2)  # a learnable function of the available modality
+    generator = GenerativeRecovery(D, 12, slots=32)
+    optimizer = torch.optim.Adam(generator.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(150):
+        loss = F.mse_loss(generator(available, q_global), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("recovery", ["zero", "generative", "cmr", "cap", "cmr+cap"])
+def test_every_recovery_method_runs_one_code_path(recovery):
+    torch.manual_seed(0)
+    model = R2ScP(config(recovery))
+    batch = toy_batch()
+    loss = stage_one_loss(model, batch, model(batch, route=False), 0.1, 0.1)
+    assert torch.isfinite(loss)
+    loss.backward()
+    if recovery == "zero":
+        assert model(batch)["logits"].shape == (6, 11)

@@ -228,9 +228,9 @@ def report(
     out: Out,
 ) -> None:
     """Lay several evaluations side by side: Markdown, JSON and a PNG chart."""
-    from . import evaluate as stage
+    from . import report as stage
 
-    stage.report(ReportConfig(tuple(runs), out))
+    stage.run(ReportConfig(tuple(runs), out))
 
 
 @app.command()

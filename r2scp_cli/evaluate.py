@@ -1,10 +1,160 @@
-"""Evaluation and report (issue: eval/report/demo)."""
-from .errors import NotImplementedYet
+"""`r2scp eval`: one trained run, one split, one modality removed from every sample.
+
+The missing modality's real features are never read: its tokens are not loaded (see
+``train.VideoTokens``), and recovery queries the bank with the available modality only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import artifacts
+from .config import EvalConfig
+from .console import console
+from .errors import UserError
+from .features import FeatureStore
+from .model import EXPERTS, MEDIA
+from .report import compute_metrics, print_metrics
+from .train import VideoTokens, load_model, load_split, predict
+
+MISSING_SETTINGS = ("none", "audio", "visual", "text")
+RUN_STAGES = {"train-router": "router", "train-experts": "experts"}
 
 
-def run(config, force=False):
-    raise NotImplementedYet("`r2scp eval` lands with its issue")
+def run_meta(run_dir: Path) -> tuple[str, dict, dict]:
+    """(kind, the run's meta, the stage-1 meta) of a router or experts directory."""
+    meta_file = artifacts.meta_path(run_dir)
+    if not run_dir.exists():
+        raise UserError(f"{run_dir}: not found; run `r2scp train-router` (or train-experts) first")
+    if not meta_file.exists():
+        raise UserError(f"{run_dir}: unfinished (no {meta_file.name}); run its training stage again")
+    meta = artifacts.read_json(meta_file)
+    kind = RUN_STAGES.get(meta.get("stage"))
+    if kind is None:
+        raise UserError(f"{run_dir}: made by `{meta.get('stage')}`, expected a train-router or train-experts output")
+    stage_one = meta if kind == "experts" else artifacts.require(Path(meta["config"]["experts"]), "train-experts")
+    return kind, meta, stage_one
 
 
-def report(config):
-    raise NotImplementedYet("`r2scp report` lands with its issue")
+def open_features(path: Path, bank, answers: list[str]) -> FeatureStore:
+    """The features to evaluate on: same encoder and dims as the bank, same answer vocabulary."""
+    artifacts.require(path, "extract")
+    store = FeatureStore(path)
+    if not store.info.compatible(bank.info):
+        raise UserError(
+            f"{path}: features from encoder '{store.info.encoder}' {store.info.dims} do not match the run's "
+            f"'{bank.info.encoder}' {bank.info.dims}"
+        )
+    if list(store.answers) != list(answers):
+        raise UserError(f"{path}: its answer vocabulary differs from the one the run was trained with")
+    return store
+
+
+def answers_hash(answers) -> str:
+    return hashlib.sha256("\n".join(answers).encode()).hexdigest()[:16]
+
+
+def run(config: EvalConfig, force: bool = False) -> Path:
+    """Evaluate and write metrics.json and predictions.jsonl; returns the output directory."""
+    from .bank import Bank
+
+    if config.missing not in MISSING_SETTINGS:
+        raise UserError(f"--missing {config.missing}: choose one of {', '.join(MISSING_SETTINGS)}")
+    kind, meta, stage_one = run_meta(config.run)
+    trained_on = Path(stage_one["config"]["features"])
+    features = config.features or trained_on
+    inputs = {"run": config.run, "features": features}
+    stage = artifacts.begin("eval", config.out, config, inputs, force=force)
+    if stage.finished:
+        console.print(f"{config.out}: already evaluated (use --force to redo)")
+        print_metrics(artifacts.read_json(config.out / "metrics.json")["metrics"], _title(kind, stage_one, config))
+        return config.out
+
+    model, checkpoint = load_model(config.run / "model.pt", config.device)
+    bank = Bank.open(Path(stage_one["config"]["bank"]))
+    store = open_features(features, bank, checkpoint["answers"])
+    same_file = features.resolve() == trained_on.resolve()
+    if same_file:
+        retrieve = bank.neighbours  # precomputed lists of this very file
+    else:  # another file: retrieve on the fly, from its available modality only
+        retrieve = lambda vids, m: bank.search(store, vids, m, model.cfg.n)  # noqa: E731
+
+    split = load_split(store, config.split, read_text=config.missing != "text")
+    available = tuple(m for m in MEDIA if m != config.missing)
+    videos = VideoTokens(store, sorted(set(split.video_ids)), modalities=available)
+    p = predict(model, split, config.missing, videos, retrieve, bank, config.batch_size, config.device)
+
+    combined = p["routed"] if kind == "router" else sum(p[m] for m in EXPERTS)
+    records = prediction_records(store, split, combined, p["alpha"] if kind == "router" else None)
+    metrics = compute_metrics(records, store.format)
+    result = {
+        "stage": "eval",
+        "recovery": model.cfg.recovery,
+        "seed": stage_one["config"]["seed"],
+        "encoder": store.info.encoder,
+        "format": store.format,
+        "missing": config.missing,
+        "split": config.split,
+        "kind": kind,
+        "metrics": metrics,
+        "evaluated": len(records),
+        "failed_videos": store.failed,
+        "answer_vocab_sha": answers_hash(checkpoint["answers"]),
+        "config": {"eval": meta_config(config), "run": meta["config"], "model": model.cfg.to_dict()},
+        "fingerprints": {
+            "model": artifacts.fingerprint(config.run / "model.pt"),
+            "features": artifacts.fingerprint(features),
+        },
+    }
+    if kind == "experts":  # each expert alone, for diagnosis
+        result["experts"] = {
+            m: compute_metrics(prediction_records(store, split, p[m], None), store.format) for m in EXPERTS
+        }
+    with artifacts.atomic_path(config.out / "predictions.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    artifacts.write_json(config.out / "metrics.json", result)
+    print_metrics(metrics, _title(kind, stage_one, config))
+    stage.finish(figures={"overall": metrics["overall"]["accuracy"], "evaluated": len(records)})
+    return config.out
+
+
+def meta_config(config: EvalConfig) -> dict:
+    from .config import config_dict
+
+    return config_dict(config)
+
+
+def _title(kind: str, stage_one: dict, config: EvalConfig) -> str:
+    recovery = stage_one["config"]["recovery"]
+    return f"{recovery} ({kind}, seed {stage_one['config']['seed']}) — {config.split}, missing {config.missing}"
+
+
+def prediction_records(store: FeatureStore, split, log_probs: torch.Tensor, alpha: torch.Tensor | None) -> list[dict]:
+    """One record per question: id, video, type, predicted and true answer, correctness, router weights."""
+    q = store.questions
+    choice = log_probs.argmax(-1).numpy()
+    options_text = store.options_text(split.rows) if store.has_options else None
+    records = []
+    for i, row in enumerate(split.rows):
+        if options_text is not None:
+            predicted = options_text[i][choice[i]]
+        else:
+            predicted = store.answers[choice[i]]
+        records.append(
+            {
+                "qid": q.qid[row],
+                "video_id": q.video_id[row],
+                "type": q.type[row],
+                "subtype": q.subtype[row],
+                "predicted": predicted,
+                "answer": q.answer[row],
+                "correct": bool(choice[i] == split.answers[i].item()),
+                "weights": None if alpha is None else dict(zip(EXPERTS, np.round(alpha[i].numpy(), 4).tolist())),
+            }
+        )
+    return records

@@ -41,16 +41,19 @@ class VideoTokens:
     """Segment tokens of the videos a run needs, by video id: in memory when they fit the budget,
     otherwise read from the HDF5 file per batch."""
 
-    def __init__(self, store: FeatureStore, video_ids, budget: int = MEMORY_BUDGET):
+    def __init__(self, store: FeatureStore, video_ids, modalities=MEDIA, budget: int = MEMORY_BUDGET):
         self.store = store
+        self.modalities = tuple(modalities)  # a modality declared missing is never read
         self.index = {v: i for i, v in enumerate(video_ids)}
         info = store.info
-        size = len(video_ids) * info.segments * (info.dims["audio"] + info.dims["visual"]) * 4
+        size = len(video_ids) * info.segments * sum(info.dims[m] for m in self.modalities) * 4
         self.cache = None
         if size <= budget:
-            self.cache = {m: store.stack_tokens(list(video_ids), m) for m in MEDIA}
+            self.cache = {m: store.stack_tokens(list(video_ids), m) for m in self.modalities}
 
     def get(self, video_ids, modality: str) -> np.ndarray:
+        if modality not in self.modalities:
+            raise RuntimeError(f"{modality} tokens were declared missing and must not be read")
         if self.cache is not None:
             return self.cache[modality][[self.index[v] for v in video_ids]]
         return self.store.stack_tokens(list(video_ids), modality)

@@ -1,0 +1,477 @@
+"""Accuracy from predictions, and the paper-style report that lays evaluations side by side.
+
+Two ideas that meet at ``metrics.json``: :func:`compute_metrics` turns an evaluation's predictions into
+per-type accuracies (written by ``r2scp eval``), and :func:`run` reads many ``metrics.json`` files and
+builds the table of the paper (rows = recovery method, columns = missing setting, mean ± std over
+seeds) as Markdown, JSON and a PNG chart.
+
+Accuracies follow MUSIC-AVQA's official evaluation: percent of the questions of a group answered
+correctly, with the exact number of questions; a family (Audio, Visual, Audio-Visual) pools the
+questions of its types rather than averaging the type accuracies.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from rich import box
+from rich.table import Table
+
+from . import artifacts
+from .config import RECOVERY_METHODS, ReportConfig
+from .console import console
+from .datasets import AVQA_TYPES, MUSIC_AVQA_TYPES
+from .errors import UserError
+
+PREDICTION_KEYS = ("qid", "video_id", "type", "subtype", "predicted", "answer", "correct", "weights")
+EVAL_KEYS = ("stage", "recovery", "seed", "encoder", "format", "missing", "split", "kind", "metrics")
+REPORT_FILES = ("report.md", "report.json", "report.png")
+SETTING_LABELS = {
+    "none": "complete",
+    "audio": "missing audio",
+    "visual": "missing visual",
+    "text": "missing text",
+}
+# As in MUSIC-AVQA's official evaluation, type rows say "AV" for the Audio-Visual family.
+_SHORT = {"Audio-Visual": "AV"}
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def type_keys(format: str) -> tuple[str, ...]:
+    """The question types of a dataset format: "Audio/Counting", ... or AVQA's eight types."""
+    if format == "music-avqa":
+        return tuple(f"{family}/{sub}" for family, subs in MUSIC_AVQA_TYPES.items() for sub in subs)
+    if format == "avqa":
+        return AVQA_TYPES
+    raise UserError(f"unknown dataset format {format!r}; expected music-avqa or avqa")
+
+
+def _type_key(record: dict, format: str) -> str:
+    """A prediction's type key: "family/subtype" for MUSIC-AVQA, the question type for AVQA."""
+    return f"{record['type']}/{record['subtype']}" if format == "music-avqa" else record["subtype"]
+
+
+def _accuracy(correct: int, count: int) -> dict:
+    """Percent correct with its exact counts; ``None`` for a group without questions."""
+    return {"accuracy": 100.0 * correct / count if count else None, "correct": correct, "count": count}
+
+
+def compute_metrics(records: list[dict], format: str) -> dict:
+    """Overall, per-family and per-type accuracy of predictions (objects of ``predictions.jsonl``).
+
+    Returns ``{"format", "overall", "families", "types"}``; each group is ``{"accuracy" (percent or
+    None), "correct", "count"}``. Every type of the format is present, with count 0 when absent from
+    the data; families are MUSIC-AVQA's three (empty for AVQA). A record of an unknown type is an
+    error rather than a question silently left out of every group.
+    """
+    keys = type_keys(format)
+    tally = {key: [0, 0] for key in keys}  # correct, count
+    for record in records:
+        key = _type_key(record, format)
+        if key not in tally:
+            raise UserError(f"question {record['qid']}: unknown {format} question type {key!r}")
+        tally[key][0] += bool(record["correct"])
+        tally[key][1] += 1
+    families = {}
+    if format == "music-avqa":
+        for family, subs in MUSIC_AVQA_TYPES.items():
+            members = [tally[f"{family}/{sub}"] for sub in subs]
+            families[family] = _accuracy(sum(c for c, _ in members), sum(n for _, n in members))
+    return {
+        "format": format,
+        "overall": _accuracy(sum(c for c, _ in tally.values()), sum(n for _, n in tally.values())),
+        "families": families,
+        "types": {key: _accuracy(*tally[key]) for key in keys},
+    }
+
+
+def load_predictions(path: Path) -> list[dict]:
+    """The records of a ``predictions.jsonl`` file, each checked for the keys metrics need."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: not found; run `r2scp eval` first")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        missing = [key for key in PREDICTION_KEYS if not isinstance(record, dict) or key not in record]
+        if missing:
+            raise UserError(f"{path}:{number}: prediction lacks {', '.join(missing)}")
+        records.append(record)
+    return records
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _type_label(key: str) -> str:
+    """ "Audio-Visual/Existential" -> "AV Existential"; AVQA types stay as they are."""
+    return " ".join(_SHORT.get(part, part) for part in key.split("/"))
+
+
+def print_metrics(metrics: dict, title: str) -> None:
+    """Print per-type accuracies, family accuracies and the overall one, with question counts."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("Question type")
+    table.add_column("Accuracy (%)", justify="right")
+    table.add_column("Questions", justify="right")
+
+    def add(label: str, group: dict, **style: Any) -> None:
+        table.add_row(label, _percent(group["accuracy"]), str(group["count"]), **style)
+
+    families = metrics["families"]
+    for key, group in metrics["types"].items():
+        add(_type_label(key), group)
+        family = key.split("/")[0]
+        last_of_family = family in families and key == f"{family}/{MUSIC_AVQA_TYPES[family][-1]}"
+        if last_of_family:
+            add(family, families[family], style="bold", end_section=True)
+    if not families:
+        table.rows[-1].end_section = True
+    add("Overall", metrics["overall"], style="bold")
+    console.print(table)
+
+
+# --------------------------------------------------------------------------- finding evaluations
+
+
+class TableKey(NamedTuple):
+    """What must be equal for two evaluations to share a table."""
+
+    encoder: str
+    format: str
+    kind: str
+    split: str
+    features: str | None  # eval --features: another features file than the run's own
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One finished ``r2scp eval`` directory."""
+
+    path: Path
+    table: TableKey
+    recovery: str
+    missing: str
+    seed: int
+    metrics: dict
+
+
+def _read_evaluation(metrics_path: Path) -> Evaluation | None:
+    """The evaluation in a ``metrics.json``, or None when the file belongs to another stage."""
+    try:
+        data = artifacts.read_json(metrics_path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{metrics_path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict) or data.get("stage") != "eval":
+        return None
+    missing = [key for key in EVAL_KEYS if key not in data]
+    if missing:
+        raise UserError(f"{metrics_path}: eval metrics lack {', '.join(missing)}")
+    if not isinstance(data["metrics"], dict) or "overall" not in data["metrics"]:
+        raise UserError(f"{metrics_path}: eval metrics lack metrics.overall")
+    if not isinstance(data["seed"], int):
+        raise UserError(f"{metrics_path}: seed {data['seed']!r} is not an integer")
+    # `r2scp eval` keeps its own config (with --features) under config.eval.
+    features = ((data.get("config") or {}).get("eval") or {}).get("features")
+    return Evaluation(
+        path=metrics_path.parent,
+        table=TableKey(data["encoder"], data["format"], data["kind"], data["split"], features),
+        recovery=data["recovery"],
+        missing=data["missing"],
+        seed=data["seed"],
+        metrics=data["metrics"],
+    )
+
+
+def find_evaluations(paths: tuple[Path, ...]) -> list[Evaluation]:
+    """Every finished evaluation in or below the given paths, each once, in path order.
+
+    A directory whose ``metrics.json`` has no ``meta.json`` beside it is an interrupted eval (its
+    numbers may be stale): it is skipped with a warning. A path with no evaluation is an error.
+    """
+    found: dict[Path, Evaluation] = {}
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"{path}: not found")
+        count = 0
+        for metrics_path in sorted(path.rglob("metrics.json")):  # includes path/metrics.json
+            evaluation = _read_evaluation(metrics_path)
+            if evaluation is None:
+                continue
+            if not artifacts.meta_path(evaluation.path).exists():
+                warning = f"{evaluation.path}: unfinished eval (no meta.json), skipped"
+                console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+                continue
+            found.setdefault(evaluation.path.resolve(), evaluation)
+            count += 1
+        if count == 0:
+            raise UserError(f"{path}: no finished evaluations (no metrics.json of `r2scp eval` in or below)")
+    return list(found.values())
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def _summary(pairs: list[tuple[int, float | None]]) -> dict:
+    """Mean and sample std (ddof=1) over seeds of one number; seeds without a value are left out."""
+    kept = [(seed, value) for seed, value in pairs if value is not None]
+    values = [value for _, value in kept]
+    return {
+        "mean": statistics.fmean(values) if values else None,
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "n": len(values),
+        "seeds": [seed for seed, _ in kept],
+        "values": values,
+    }
+
+
+def _cell(evaluations: list[Evaluation]) -> dict:
+    """One (recovery, missing) cell: overall, family and type summaries over its seeds."""
+    evaluations = sorted(evaluations, key=lambda e: e.seed)
+    first = evaluations[0].metrics
+
+    def summary(*where: str) -> dict:
+        """The summary of the group at ``metrics[where[0]][where[1]...]`` (absent = no value)."""
+        pairs = []
+        for evaluation in evaluations:
+            group = evaluation.metrics
+            for key in where:
+                group = group.get(key) or {}
+            pairs.append((evaluation.seed, group.get("accuracy")))
+        return _summary(pairs)
+
+    return {
+        "overall": summary("overall"),
+        "families": {name: summary("families", name) for name in first.get("families", {})},
+        "types": {name: summary("types", name) for name in first.get("types", {})},
+        "questions": sorted({e.metrics["overall"]["count"] for e in evaluations}),
+        "runs": [str(e.path) for e in evaluations],
+    }
+
+
+def _ordered(names: set[str], order: tuple[str, ...]) -> list[str]:
+    """Known names in their canonical order, then the others alphabetically."""
+    return [name for name in order if name in names] + sorted(names - set(order))
+
+
+def _check_unique_seeds(cell: list[Evaluation]) -> None:
+    seen: dict[int, Path] = {}
+    for evaluation in cell:
+        if evaluation.seed in seen:
+            raise UserError(
+                f"{seen[evaluation.seed]} and {evaluation.path} are both seed {evaluation.seed} of "
+                f"{evaluation.recovery} with missing {evaluation.missing}; pass only one of them"
+            )
+        seen[evaluation.seed] = evaluation.path
+
+
+def build_tables(evaluations: list[Evaluation]) -> list[dict]:
+    """One table per (encoder, format, kind, split, features): cells[recovery][missing]."""
+    grouped: dict[TableKey, dict[tuple[str, str], list[Evaluation]]] = defaultdict(lambda: defaultdict(list))
+    for evaluation in evaluations:
+        grouped[evaluation.table][(evaluation.recovery, evaluation.missing)].append(evaluation)
+    tables = []
+    for key in sorted(grouped, key=lambda k: tuple(str(part) for part in k)):
+        cells = grouped[key]
+        for cell in cells.values():
+            _check_unique_seeds(cell)
+        methods = _ordered({recovery for recovery, _ in cells}, RECOVERY_METHODS)
+        settings = _ordered({missing for _, missing in cells}, tuple(SETTING_LABELS))
+        table_cells = {
+            method: {setting: _cell(cells[(method, setting)]) for setting in settings if (method, setting) in cells}
+            for method in methods
+        }
+        questions = {q for row in table_cells.values() for cell in row.values() for q in cell["questions"]}
+        table = {**key._asdict(), "methods": methods, "settings": settings, "questions": sorted(questions)}
+        tables.append({**table, "cells": table_cells})
+    return tables
+
+
+def _overall(table: dict, method: str, setting: str) -> dict | None:
+    """The overall-accuracy summary of a cell, None where the method was not evaluated so."""
+    return table["cells"][method].get(setting, {}).get("overall")
+
+
+def cell_text(summary: dict | None) -> str:
+    """ "mean ± std (n seeds)" for several seeds, the value alone for one, "—" for none."""
+    if summary is None or summary["mean"] is None:
+        return "—"
+    if summary["n"] == 1:
+        return f"{summary['mean']:.2f}"
+    return f"{summary['mean']:.2f} ± {summary['std']:.2f} ({summary['n']} seeds)"
+
+
+def table_title(table: dict) -> str:
+    title = f"{table['format']} · encoder {table['encoder']} · {table['kind']} · {table['split']} split"
+    return title + (f" · features {table['features']}" if table["features"] else "")
+
+
+def _count_text(table: dict) -> str:
+    return f"{', '.join(map(str, table['questions']))} questions"
+
+
+def _questions_text(table: dict) -> str:
+    """The evaluated question count, with a warning when the runs disagree on it."""
+    note = " (the runs disagree: check they used the same data)" if len(table["questions"]) > 1 else ""
+    return _count_text(table) + note
+
+
+def legend(table: dict) -> str:
+    """What the numbers of a table are, in two sentences."""
+    return (
+        f"Accuracy (%) on the {_questions_text(table)} of the {table['split']} split; rows: how the "
+        "missing modality is recovered; columns: the modality removed from every question (complete: "
+        "none). A cell is mean ± sample std (ddof=1) over training seeds; a single seed shows its value."
+    )
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _detail_tables(table: dict) -> list[str]:
+    """Per missing setting: rows = method, columns = families (MUSIC-AVQA) or types (AVQA)."""
+    section, noun = ("families", "family") if table["format"] == "music-avqa" else ("types", "type")
+    lines = []
+    for setting in table["settings"]:
+        rows = {method: row[setting] for method, row in table["cells"].items() if setting in row}
+        names = list(dict.fromkeys(name for cell in rows.values() for name in cell[section]))
+        body = [
+            [method] + [cell_text(cell[section].get(name)) for name in names] + [cell_text(cell["overall"])]
+            for method, cell in rows.items()
+        ]
+        lines += ["", f"**{SETTING_LABELS.get(setting, setting)}**, by question {noun}:", ""]
+        lines += _markdown_table(["recovery"] + names + ["overall"], body)
+    return lines
+
+
+def markdown(tables: list[dict]) -> str:
+    """The report as Markdown: per table a title, the main table, its legend and the detail tables."""
+    lines = ["# R2ScP: accuracy with a missing modality", ""]
+    for table in tables:
+        header = ["recovery"] + [SETTING_LABELS.get(s, s) for s in table["settings"]]
+        rows = [[m] + [cell_text(_overall(table, m, s)) for s in table["settings"]] for m in table["methods"]]
+        lines += [f"## {table_title(table)}", ""] + _markdown_table(header, rows)
+        lines += ["", legend(table)] + _detail_tables(table) + [""]
+    return "\n".join(lines)
+
+
+def _screen_cell(summary: dict | None, seeds: int) -> str:
+    """A cell on screen, where a column gives the row's seed count: "mean ± std", "(n seeds)" only
+    where the cell has fewer seeds than its row."""
+    if summary is None or summary["mean"] is None:
+        return "—"
+    text = f"{summary['mean']:.2f}" if summary["n"] == 1 else f"{summary['mean']:.2f} ± {summary['std']:.2f}"
+    return text if summary["n"] == seeds else f"{text} ({summary['n']} seed{'s' * (summary['n'] > 1)})"
+
+
+def print_tables(tables: list[dict]) -> None:
+    """The main table of each group on screen, with its legend.
+
+    Laid out like a paper's table (rules, no cell borders) and with the seed count in its own column,
+    so that four settings fit 80 columns without wrapping a cell."""
+    for table in tables:
+        screen = Table(
+            title=table_title(table), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True
+        )
+        screen.add_column("recovery", no_wrap=True)
+        screen.add_column("seeds", justify="right", no_wrap=True)
+        for setting in table["settings"]:
+            screen.add_column(SETTING_LABELS.get(setting, setting), justify="right", no_wrap=True)
+        for method in table["methods"]:
+            cells = [_overall(table, method, setting) for setting in table["settings"]]
+            seeds = max(cell["n"] for cell in cells if cell)
+            screen.add_row(method, str(seeds), *[_screen_cell(cell, seeds) for cell in cells])
+        console.print(screen)
+        console.print(legend(table), style="dim")
+
+
+def save_chart(tables: list[dict], path: Path) -> None:
+    """A grouped bar chart per table: groups = missing setting, bars = recovery method, error bars = std.
+
+    Drawn on matplotlib's Agg canvas without pyplot, so no global backend state is touched; the
+    import is here because matplotlib is slow to import and only the report needs it.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    others = _ordered({m for table in tables for m in table["methods"]}, RECOVERY_METHODS)
+    methods = list(RECOVERY_METHODS) + [m for m in others if m not in RECOVERY_METHODS]
+    colours = {method: f"C{index % 10}" for index, method in enumerate(methods)}  # same colour in every report
+    widest = max(len(table["settings"]) * len(table["methods"]) for table in tables)
+    figure = Figure(figsize=(max(7.0, 1.5 + 0.55 * widest), 1.0 + 4.2 * len(tables)), layout="constrained")
+    FigureCanvasAgg(figure)
+    for axes, table in zip(figure.subplots(len(tables), 1, squeeze=False)[:, 0], tables):
+        _draw_table(axes, table, colours)
+    figure.suptitle("R2ScP: accuracy with a missing modality (mean ± std over seeds)", fontweight="bold")
+    with artifacts.atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+
+
+def _draw_table(axes, table: dict, colours: dict[str, str]) -> None:
+    """One table's bars, each labelled with its mean above its error bar (none for a single seed)."""
+    settings, methods = table["settings"], table["methods"]
+    width = 0.8 / len(methods)
+    tallest = 0.0
+    for index, method in enumerate(methods):
+        offset = (index - (len(methods) - 1) / 2) * width
+        cells = [(x, _overall(table, method, setting)) for x, setting in enumerate(settings)]
+        drawn = [(x + offset, cell) for x, cell in cells if cell and cell["mean"] is not None]
+        axes.bar([x for x, _ in drawn], [c["mean"] for _, c in drawn], width, label=method, color=colours[method])
+        spread = [(x, c) for x, c in drawn if c["std"] is not None]
+        axes.errorbar(
+            [x for x, _ in spread], [c["mean"] for _, c in spread], yerr=[c["std"] for _, c in spread],
+            fmt="none", ecolor="black", capsize=3, linewidth=1,
+        )  # fmt: skip
+        for x, cell in drawn:
+            top = cell["mean"] + (cell["std"] or 0.0)
+            axes.annotate(
+                f"{cell['mean']:.1f}", (x, top), xytext=(0, 2), textcoords="offset points",
+                ha="center", va="bottom", fontsize=7,
+            )  # fmt: skip
+            tallest = max(tallest, top)
+    axes.set_xticks(range(len(settings)), [SETTING_LABELS.get(s, s) for s in settings])
+    axes.set_ylim(0, min(112.0, tallest * 1.1 + 3))  # room for the labels
+    axes.set_ylabel("accuracy (%)")
+    axes.set_title(f"{table_title(table)} ({_count_text(table)})", fontsize=10)
+    axes.grid(axis="y", alpha=0.3)
+    axes.set_axisbelow(True)
+    axes.legend(title="recovery", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
+def run(config: ReportConfig, force: bool = False) -> Path:
+    """Find the evaluations, build the tables, write report.md/.json/.png into ``config.out``."""
+    out = Path(config.out)
+    evaluations = find_evaluations(config.runs)
+    tables = build_tables(evaluations)  # before begin(): an inconsistent set writes nothing
+    inputs = {str(e.path): e.path for e in sorted(evaluations, key=lambda e: str(e.path))}
+    stage = artifacts.begin("report", out, config, inputs=inputs, force=force)
+    if stage.finished:
+        console.print(f"{out}: report up to date with its {len(inputs)} evaluations", soft_wrap=True)
+        print_tables(tables)
+        return out
+    artifacts.write_json(out / "report.json", {"evaluations": len(evaluations), "tables": tables})
+    artifacts.write_text(out / "report.md", markdown(tables))
+    save_chart(tables, out / "report.png")
+    print_tables(tables)
+    console.print(f"wrote {', '.join(str(out / name) for name in REPORT_FILES)}", soft_wrap=True)
+    stage.finish(figures={"evaluations": len(evaluations), "tables": len(tables)})
+    return out

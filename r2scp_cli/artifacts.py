@@ -148,11 +148,16 @@ def git_commit() -> str | None:
 
 
 def _torch_version() -> str | None:
+    """torch's version, without importing torch (seconds) in stages that do not use it."""
+    import sys
+    from importlib import metadata
+
+    if "torch" in sys.modules:
+        return sys.modules["torch"].__version__
     try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:  # pragma: no cover - torch is a dependency
         return None
-    return torch.__version__
 
 
 @dataclass

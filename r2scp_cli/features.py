@@ -40,6 +40,7 @@ from .errors import UserError
 SCHEMA_VERSION = 1
 _STR = h5py.string_dtype(encoding="utf-8")
 QUESTION_STRINGS = ("qid", "video_id", "split", "type", "subtype", "answer", "text")
+_VIDEO_ARRAYS = ("audio", "visual", "audio_global", "visual_global")
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,11 @@ class FeatureStore:
             out["options"] = q["options"][sorted_rows][inverse]
         return out
 
+    def options_text(self, rows: Sequence[int] | np.ndarray) -> list[list[str]]:
+        """AVQA: the option strings of the given question rows."""
+        table = self._h5["questions/options_text"].asstr()[()]
+        return [list(table[row]) for row in np.asarray(rows)]
+
     def close(self) -> None:
         self._h5.close()
 
@@ -210,7 +216,12 @@ class FeatureWriter:
         self.info = info
         attrs = {**info.attrs(), **extra_attrs}
         if self.partial_path.exists():
-            self._h5 = h5py.File(self.partial_path, "a")
+            try:
+                self._h5 = h5py.File(self.partial_path, "a")
+            except OSError as error:
+                raise UserError(
+                    f"{self.partial_path}: cannot resume an unreadable partial file ({error}); delete it or use --force"
+                ) from None
             old = {k: self._h5.attrs.get(k) for k in attrs}
             mismatched = [k for k, v in attrs.items() if _attr_value(old[k]) != _attr_value(v)]
             if mismatched:
@@ -219,6 +230,7 @@ class FeatureWriter:
                     f"{self.partial_path}: an unfinished extraction with other settings "
                     f"({', '.join(mismatched)}); delete it or use --force"
                 )
+            self._drop_incomplete_videos()
         else:
             self.final_path.parent.mkdir(parents=True, exist_ok=True)
             self._h5 = h5py.File(self.partial_path, "w")
@@ -227,6 +239,21 @@ class FeatureWriter:
             failed = self._h5.create_group("failed")
             failed.create_dataset("video_id", (0,), maxshape=(None,), dtype=_STR)
             failed.create_dataset("reason", (0,), maxshape=(None,), dtype=_STR)
+
+    def _drop_incomplete_videos(self) -> None:
+        """Delete video groups that an interruption left without all four arrays."""
+        videos = self._h5["videos"]
+        for video_id in list(videos.keys()):
+            if set(videos[video_id].keys()) != set(_VIDEO_ARRAYS):
+                del videos[video_id]
+
+    def retry_failures(self) -> dict[str, str]:
+        """Forget the failures recorded so far (so a resumed run tries those videos again) and
+        return them."""
+        previous = self.failures
+        for name in ("video_id", "reason"):
+            self._h5[f"failed/{name}"].resize((0,))
+        return previous
 
     @property
     def done(self) -> set[str]:

@@ -109,3 +109,13 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
             tmp.write_text("half")
             raise ValueError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_gives_the_usual_file_mode(tmp_path):
+    import os
+
+    target = tmp_path / "x.txt"
+    artifacts.write_text(target, "hello")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -1,0 +1,127 @@
+"""Throughput of the ImageBind adapter (`r2scp extract --encoder imagebind`) on one GPU.
+
+Builds the real imagebind_huge architecture (1.2 B parameters) with random weights directly on the
+device (no checkpoint: speed does not depend on the values), feeds it synthetic clips of T=8
+segments (224x224 frames, a 10-s 16 kHz track) and prints one summary line:
+
+* adapter clips/s -- ``encode_clips`` end to end: the numpy preprocessing of every segment
+  (Kaldi fbank, bicubic resize) on a thread pool, then the audio and vision passes in fp16
+  autocast, 8 + 8 batch items per clip;
+* model-only and preprocessing-only clips/s, to show which side bounds it;
+* questions/s of ``encode_texts`` and the peak GPU memory.
+
+Runs unattended in about two minutes on one H100 / H200 (model build ~30 s, warm-up, then
+``--seconds`` of timing per measurement). Needs, beside torch with CUDA, numpy, Pillow and h5py:
+einops, regex, ftfy (+ wcwidth), iopath (+ portalocker, tqdm) and imagebind-unofficial 0.1.1
+(installed with --no-deps); the repository root is put on sys.path, r2scp need not be installed.
+
+    python bench/imagebind_gpu.py [--seconds 30] [--clips-per-call 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from r2scp_cli import encoders_imagebind as ib  # noqa: E402
+
+
+@dataclass
+class SyntheticClip:
+    """What the adapter reads of a Clip (media's Clip needs PyAV, absent on GPU images)."""
+
+    video_id: str
+    frames: np.ndarray  # uint8 [T, 224, 224, 3]
+    audio: np.ndarray  # float32 [S], 16 kHz
+    duration: float
+
+
+def synthetic_clips(count: int, segments: int, seconds: float, seed: int) -> list[SyntheticClip]:
+    """Clips with moving blobs of colour and a tone over noise, all different."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16_000)) / 16_000
+    yy, xx = np.mgrid[:224, :224]
+    clips = []
+    for i in range(count):
+        frames = np.empty((segments, 224, 224, 3), np.uint8)
+        for s in range(segments):
+            blob = ((yy - 112) ** 2 + (xx - 20 - 25 * s) ** 2 < 900)[..., None]
+            frames[s] = np.where(blob, rng.integers(0, 256, 3), rng.integers(0, 256, 3))
+        tone = 0.3 * np.sin(2 * np.pi * rng.uniform(150, 1500) * t)
+        clips.append(SyntheticClip(f"clip{i}", frames, (tone + 0.05 * rng.standard_normal(len(t))).astype(np.float32), seconds))
+    return clips
+
+
+def rate(work, items: int, seconds: float, device: torch.device) -> float:
+    """items/s of ``work()`` repeated for about ``seconds`` (after one untimed call)."""
+    work()
+    _sync(device)
+    calls, start = 0, time.perf_counter()
+    while calls == 0 or time.perf_counter() - start < seconds:
+        work()
+        calls += 1
+    _sync(device)
+    return calls * items / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=30.0, help="timing budget per measurement")
+    parser.add_argument("--clips-per-call", type=int, default=16, help="clips per encode_clips call (extract's --batch-size)")
+    parser.add_argument("--segments", type=int, default=8)
+    parser.add_argument("--forward-batch", type=int, default=ib.FORWARD_BATCH, help="images or spectrograms per forward")
+    parser.add_argument("--questions", type=int, default=256, help="questions per encode_texts call")
+    parser.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only for a smoke run")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("imagebind_gpu: no CUDA device visible to torch")
+
+    started = time.perf_counter()
+    module = ib.load_model_module()
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = module.imagebind_huge(pretrained=False)
+    params = sum(p.numel() for p in model.parameters()) / 1e9
+    encoder = ib.ImageBindEncoder(model, ib.load_tokenizer(None), args.segments, args.device,
+                                  weights_sha256="none (random weights)", forward_batch=args.forward_batch)
+    clips = synthetic_clips(args.clips_per_call, args.segments, 10.0, seed=0)
+    setup = time.perf_counter() - started
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    adapter = rate(lambda: encoder.encode_clips(clips), len(clips), args.seconds, device)
+    spectrograms, images = encoder.prepare(clips)
+    model_only = rate(lambda: (encoder.embed(ib.AUDIO, spectrograms), encoder.embed(ib.VISION, images)),
+                      len(clips), args.seconds / 2, device)  # fmt: skip
+    preparing = rate(lambda: encoder.prepare(clips), len(clips), args.seconds / 4, device)
+    questions = [f"Which instrument makes the sound {i} seconds before the {i % 3 + 1}th one starts?" for i in range(args.questions)]
+    text = rate(lambda: encoder.encode_texts(questions), len(questions), args.seconds / 4, device)
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    precision = "fp16 autocast" if device.type == "cuda" else "fp32"
+    print(
+        f"imagebind_gpu: {name} | imagebind_huge {params:.2f} B params, random weights, {precision} | "
+        f"T={args.segments}, {args.clips_per_call} clips per call, forward batch {args.forward_batch} | "
+        f"adapter {adapter:.1f} clips/s (audio+vision, preprocessing included) | model only {model_only:.1f} clips/s | "
+        f"preprocessing only {preparing:.1f} clips/s on {os.cpu_count()} CPU threads | text {text:.0f} questions/s | "
+        f"peak GPU memory {memory:.1f} GiB | setup {setup:.0f} s, total {time.perf_counter() - started:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()

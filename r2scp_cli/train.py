@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,13 @@ MEMORY_BUDGET = 4 << 30  # video tokens are held in memory below this size, read
 
 
 # --------------------------------------------------------------------------- data
+
+
+def limit_cpu_threads(device: str) -> None:
+    """On CPU, use half the cores. The model is small, so its ops gain little from more threads, and
+    OpenMP threads that wait for a core held by another process made a batch 25x slower here."""
+    if device == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
 
 
 class VideoTokens:
@@ -436,6 +444,7 @@ def run_experts(config: TrainExpertsConfig, force: bool = False, resume: bool = 
     if run.finished:
         console.print(f"{config.out}: already trained on the same inputs (use --force to redo)")
         return config.out
+    limit_cpu_threads(config.device)
     data = open_data(config.features, config.bank)
     stored = data.bank.neighbours(data.splits["train"].video_ids[:1], "audio")[0].shape[1]
     if config.recovery in ("cmr", "cmr+cap") and config.n > stored:
@@ -462,6 +471,7 @@ def run_router(config: TrainRouterConfig, force: bool = False, resume: bool = Fa
         console.print(f"{config.out}: already trained on the same inputs (use --force to redo)")
         return config.out
     stage_one = experts_meta["config"]
+    limit_cpu_threads(config.device)
     data = open_data(Path(stage_one["features"]), Path(stage_one["bank"]))
     model, _ = load_model(config.experts / "model.pt", config.device)
     for parameter in model.stage_one_parameters():

@@ -19,14 +19,15 @@ from r2scp_cli import bank as bank_stage, extract, synth
 from r2scp_cli.config import RECOVERY_METHODS, BankConfig, ExtractConfig, SynthConfig, TrainExpertsConfig
 from r2scp_cli.model import R2ScP
 from r2scp_cli.train import (
-    LoopConfig,
+    fit_cap_priors,
+    fit_input_statistics,
+    limit_cpu_threads,
     make_batch,
     model_config_for,
     open_data,
     predict,
     simulate_missing,
     stage_one_loss,
-    fit_cap_priors,
 )
 
 BATCHES = 20
@@ -44,6 +45,7 @@ def bench_method(recovery: str, features: Path, bank_dir: Path) -> dict:
     data = open_data(features, bank_dir)
     torch.manual_seed(0)
     model = R2ScP(model_config_for(data.store, config))
+    fit_input_statistics(model, data)
     if recovery == "cap":
         fit_cap_priors(model, data, 0)
     recover_seconds = 0.0
@@ -103,6 +105,7 @@ def bench_method(recovery: str, features: Path, bank_dir: Path) -> dict:
 def main() -> None:
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs/bench-train")
     features, bank_dir = prepare(root)
+    limit_cpu_threads("cpu")
     print(f"torch threads: {torch.get_num_threads()}")
     print(f"{'recovery':<11} {'stage1 samples/s':>17} {'stage2 samples/s':>17} {'eval samples/s':>15} {'recovery share':>15}")
     for recovery in RECOVERY_METHODS:

@@ -70,15 +70,21 @@ def straight_through(x: torch.Tensor) -> torch.Tensor:
 
 
 class InputProjection(nn.Module):
-    """Raw tokens of one modality -> width d."""
+    """Raw tokens of one modality -> width d: per-feature standardisation with training statistics
+    (set once before stage 1; handcrafted features mix scales from 1e-3 to 10, and a per-token
+    LayerNorm let the largest features drown the informative small ones), then a linear map."""
 
     def __init__(self, dim_in: int, d: int):
         super().__init__()
-        self.norm = nn.LayerNorm(dim_in)
+        self.register_buffer("mean", torch.zeros(dim_in))
+        self.register_buffer("std", torch.ones(dim_in))
         self.linear = nn.Linear(dim_in, d)
 
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.norm(x))
+        return self.linear(self.standardise(x))
 
 
 class CrossModalRetrieval(nn.Module):
@@ -154,7 +160,8 @@ class ContextAwarePurification(nn.Module):
 
 class GenerativeRecovery(nn.Module):
     """The generation paradigm (Missing-AVQA style): learned memory slots, addressed per segment by the
-    available modality and the question, produce pseudo raw tokens (trained with MSE to the real ones)."""
+    available modality and the question, produce pseudo tokens in the standardised input space of the
+    missing modality (trained with MSE to the standardised real ones)."""
 
     def __init__(self, d: int, dim_out: int, slots: int):
         super().__init__()
@@ -163,7 +170,7 @@ class GenerativeRecovery(nn.Module):
         self.slot_values = nn.Parameter(torch.randn(slots, dim_out) * 0.1)
 
     def forward(self, available: torch.Tensor, q_global: torch.Tensor) -> torch.Tensor:
-        """available [B, T, d], q_global [B, d] -> pseudo raw tokens [B, T, dim_out]."""
+        """available [B, T, d], q_global [B, d] -> pseudo standardised tokens [B, T, dim_out]."""
         query = self.query(available + q_global[:, None, :])
         address = torch.softmax(query @ self.slot_keys.T / math.sqrt(query.shape[-1]), dim=-1)
         return address @ self.slot_values
@@ -289,7 +296,7 @@ class R2ScP(nn.Module):
             return available.new_zeros(rows, cfg.segments, cfg.d_model), confidence, None
         if cfg.recovery == "generative":
             generated = self.generator[m](available, q_global)
-            return self.projection[m](generated), confidence, generated
+            return self.projection[m].linear(generated), confidence, generated
         if cfg.retrieves:
             candidates = rec["candidates"] if candidates is None else candidates
             sims = rec["sims"] if sims is None else sims

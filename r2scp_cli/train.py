@@ -224,14 +224,29 @@ def model_config_for(store: FeatureStore, cfg: TrainExpertsConfig) -> ModelConfi
     )
 
 
+def fit_input_statistics(model: R2ScP, data: RunData) -> None:
+    """Per-feature mean and std of the training split's tokens, for the input projections."""
+    train_split = data.splits["train"]
+    train_videos = sorted(set(train_split.video_ids))
+    samples = {m: torch.from_numpy(data.videos.get(train_videos, m)).flatten(0, 1) for m in MEDIA}
+    samples["text"] = train_split.q_tokens[train_split.q_mask]
+    for name, x in samples.items():
+        model.projection[name].mean.copy_(x.mean(0))
+        model.projection[name].std.copy_(x.std(0).clamp_min(1e-3))
+    model.question_projection.mean.copy_(train_split.q_global.mean(0))
+    model.question_projection.std.copy_(train_split.q_global.std(0).clamp_min(1e-3))
+
+
 def fit_cap_priors(model: R2ScP, data: RunData, seed: int) -> None:
-    """`cap` without retrieval: the modality's mean tokens and k-means prototypes of training tokens."""
+    """`cap` without retrieval: the modality's mean tokens, and k-means prototypes of the training
+    tokens (clustered in the standardised space, stored as raw tokens)."""
     train_videos = sorted(set(data.splits["train"].video_ids))
     generator = torch.Generator().manual_seed(seed)
     for m in MEDIA:
         tokens = torch.from_numpy(data.videos.get(train_videos, m))  # [V, T, D]
+        projection = model.projection[m].cpu()
         getattr(model, f"mean_{m}").copy_(tokens.mean(0))
-        points = tokens.flatten(0, 1)
+        points = projection.standardise(tokens.flatten(0, 1))
         centres = points[torch.randperm(len(points), generator=generator)[: model.cfg.prototypes]].clone()
         for _ in range(20):  # Lloyd iterations
             assign = torch.cdist(points, centres).argmin(1)
@@ -239,7 +254,7 @@ def fit_cap_priors(model: R2ScP, data: RunData, seed: int) -> None:
                 members = points[assign == c]
                 if len(members):
                     centres[c] = members.mean(0)
-        getattr(model, f"prototypes_{m}").copy_(centres)
+        getattr(model, f"prototypes_{m}").copy_(centres * projection.std + projection.mean)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -290,7 +305,7 @@ def stage_one_loss(model: R2ScP, batch: dict, out: dict, lambda_rank: float, mar
     for m, rec in batch["recover"].items():
         r = out["recovery"][m]
         if r["generated"] is not None:
-            loss = loss + F.mse_loss(r["generated"], rec["real"])
+            loss = loss + F.mse_loss(r["generated"], model.projection[m].standardise(rec["real"]))
         if model.cfg.retrieves and lambda_rank > 0:
             rows = rec["rows"]
             truth = answer[rows]
@@ -450,9 +465,11 @@ def run_experts(config: TrainExpertsConfig, force: bool = False, resume: bool = 
     if config.recovery in ("cmr", "cmr+cap") and config.n > stored:
         raise UserError(f"--n {config.n}: the bank stores only {stored} neighbours per video")
     torch.manual_seed(config.seed)
-    model = R2ScP(model_config_for(data.store, config)).to(config.device)
+    model = R2ScP(model_config_for(data.store, config))
+    fit_input_statistics(model, data)
     if config.recovery == "cap":
         fit_cap_priors(model, data, config.seed)
+    model.to(config.device)
     loop = LoopConfig(1, config.epochs, config.patience, config.batch_size, config.lr, config.seed,
                       config.p_missing, config.device, config.lambda_rank, config.margin)  # fmt: skip
     summary = fit(model, model.stage_one_parameters(), data, loop, config.out, resume)

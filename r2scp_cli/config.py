@@ -54,8 +54,21 @@ def config_dict(config) -> dict:
     return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
+class StageConfig:
+    """Base of the stage configs: paths are made absolute, so that the references a stage records
+    (features, bank, experts) still resolve when a later stage runs from another directory."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Path):
+                object.__setattr__(self, f.name, value.absolute())
+            elif isinstance(value, tuple) and value and all(isinstance(v, Path) for v in value):
+                object.__setattr__(self, f.name, tuple(v.absolute() for v in value))
+
+
 @dataclass(frozen=True)
-class SynthConfig:
+class SynthConfig(StageConfig):
     """`r2scp synth`: the built-in dataset."""
 
     out: Path
@@ -69,7 +82,7 @@ class SynthConfig:
 
 
 @dataclass(frozen=True)
-class ExtractConfig:
+class ExtractConfig(StageConfig):
     """`r2scp extract`: media and questions -> features.h5."""
 
     dataset: Path
@@ -87,7 +100,7 @@ class ExtractConfig:
 
 
 @dataclass(frozen=True)
-class BankConfig:
+class BankConfig(StageConfig):
     """`r2scp build-bank`: keys, HNSW indexes and neighbour lists."""
 
     features: Path
@@ -107,7 +120,7 @@ class BankConfig:
 
 
 @dataclass(frozen=True)
-class TrainExpertsConfig:
+class TrainExpertsConfig(StageConfig):
     """`r2scp train-experts`: stage 1, the experts and the recovery modules."""
 
     features: Path
@@ -129,7 +142,7 @@ class TrainExpertsConfig:
 
 
 @dataclass(frozen=True)
-class TrainRouterConfig:
+class TrainRouterConfig(StageConfig):
     """`r2scp train-router`: stage 2, the router and the routed head over frozen experts."""
 
     experts: Path
@@ -144,7 +157,7 @@ class TrainRouterConfig:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(StageConfig):
     """`r2scp eval`: one run under one missing setting."""
 
     run: Path  # a train-router or train-experts directory
@@ -157,7 +170,7 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
-class ReportConfig:
+class ReportConfig(StageConfig):
     """`r2scp report`: the paper-style table across runs."""
 
     runs: tuple[Path, ...]
@@ -165,7 +178,7 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
-class DemoConfig:
+class DemoConfig(StageConfig):
     """`r2scp demo`: the whole chain on the built-in dataset."""
 
     out: Path = Path("runs/demo")

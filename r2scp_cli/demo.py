@@ -36,8 +36,8 @@ class Budget:
     d_model: int
 
 
-DEFAULT = Budget(videos=400, size=112, experts_epochs=25, router_epochs=8, d_model=96)
-QUICK = Budget(videos=150, size=64, experts_epochs=8, router_epochs=3, d_model=64)
+DEFAULT = Budget(videos=400, size=112, experts_epochs=20, router_epochs=5, d_model=64)
+QUICK = Budget(videos=150, size=64, experts_epochs=8, router_epochs=3, d_model=48)
 
 
 def run(config: DemoConfig, budget: Budget | None = None) -> Path:

@@ -313,7 +313,9 @@ def stage_one_loss(model: R2ScP, batch: dict, out: dict, lambda_rank: float, mar
             no_confidence = r["q_global"].new_zeros(len(rows), 2)
             real = model.projection[m](rec["real"])
             s_real = model.expert_score(m, real, r["q_global"], 0.0, no_confidence, truth, options)
-            s_retrieved = model.expert_score(m, r["h"], r["q_global"], 1.0, r["confidence"], truth, options)
+            # The main pass already ran expert m on these rows' retrieved fill: reuse its score.
+            log_probs = torch.log_softmax(out["expert_logits"][m][rows], dim=-1)
+            s_retrieved = log_probs.gather(1, truth[:, None]).squeeze(1)
             h_random, conf_random, _ = model.recover(
                 m, rec, r["available"], r["q_tokens"], r["q_pad"], r["q_global"],
                 candidates=rec["negatives"], sims=torch.zeros_like(rec["sims"]),
@@ -382,9 +384,9 @@ def fit(model: R2ScP, params: list, data: RunData, loop: LoopConfig, out_dir: Pa
         task = bar.add_task(f"stage {loop.stage}", total=loop.epochs * batches, completed=state["epoch"] * batches,
                             loss="-", val="-")  # fmt: skip
         for epoch in range(state["epoch"], loop.epochs):
-            model.train() if loop.stage == 1 else model.eval()
-            for module in model.stage_two_modules() if loop.stage == 2 else []:
-                module.train()
+            # Stage 2 keeps the frozen experts' dropout on: on their own training questions the experts'
+            # clean outputs are overconfident, and a head fitted on them overfits at once.
+            model.train()
             order, total = rng.permutation(len(split)), 0.0
             for start in range(0, len(split), loop.batch_size):
                 idx = order[start : start + loop.batch_size]

@@ -179,3 +179,18 @@ def test_every_recovery_method_runs_one_code_path(recovery):
     loss.backward()
     if recovery == "zero":
         assert model(batch)["logits"].shape == (6, 11)
+
+
+def test_main_pass_score_of_a_fill_equals_a_separate_expert_pass():
+    """The ranking loss reuses the main pass's expert output for s(recovered from neighbours)."""
+    torch.manual_seed(0)
+    model = R2ScP(config()).eval()
+    batch = toy_batch()
+    with torch.no_grad():
+        out = model(batch, route=False)
+        for m in ("audio", "visual"):
+            r, rows = out["recovery"][m], batch["recover"][m]["rows"]
+            truth = batch["answer"][rows]
+            separate = model.expert_score(m, r["h"], r["q_global"], 1.0, r["confidence"], truth)
+            reused = torch.log_softmax(out["expert_logits"][m][rows], -1).gather(1, truth[:, None]).squeeze(1)
+            torch.testing.assert_close(separate, reused)

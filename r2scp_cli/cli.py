@@ -241,8 +241,9 @@ def demo(
     seeds: Annotated[int, typer.Option(help="Training seeds per recovery method.")] = 1,
     encoder: Annotated[str, typer.Option(help="handcrafted or pretrained.")] = "handcrafted",
     format: Annotated[str, typer.Option("--format", help="music-avqa or avqa.")] = "music-avqa",
+    videos: Annotated[Optional[int], typer.Option(help="Number of clips (default 400, --quick 150).")] = None,
 ) -> None:
     """Run the whole chain on the built-in dataset and print the paper-style table."""
     from . import demo as stage
 
-    stage.run(DemoConfig(out, quick, seeds, encoder, format))
+    stage.run(DemoConfig(out, quick, seeds, encoder, format, videos))

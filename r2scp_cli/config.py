@@ -186,3 +186,4 @@ class DemoConfig(StageConfig):
     seeds: int = 1
     encoder: str = "handcrafted"
     format: str = "music-avqa"
+    videos: int | None = None  # override the budget's number of clips

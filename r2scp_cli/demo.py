@@ -4,6 +4,10 @@ stages are reused on a second run."""
 
 from __future__ import annotations
 
+import dataclasses
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +23,7 @@ from .config import (
     TrainExpertsConfig,
     TrainRouterConfig,
 )
-from .console import console
+from .console import console, progress_bar
 from .errors import UserError
 
 SETTINGS = ("none", "audio", "visual")
@@ -36,15 +40,64 @@ class Budget:
     d_model: int
 
 
-DEFAULT = Budget(videos=400, size=112, experts_epochs=20, router_epochs=5, d_model=64)
+DEFAULT = Budget(videos=400, size=112, experts_epochs=20, router_epochs=4, d_model=80)
 QUICK = Budget(videos=150, size=64, experts_epochs=8, router_epochs=3, d_model=48)
 
 
-def run(config: DemoConfig, budget: Budget | None = None) -> Path:
+@dataclass(frozen=True)
+class Job:
+    """One recovery method and seed: train-experts -> train-router -> eval under each setting."""
+
+    recovery: str
+    seed: int
+    features: Path
+    bank: Path
+    run_dir: Path
+    budget: Budget
+
+
+def train_and_evaluate(job: Job, quiet: bool = False) -> Path:
+    """Run one job with the stages' own functions (finished stages are reused)."""
+    console.quiet = quiet
+    experts = train.run_experts(
+        TrainExpertsConfig(job.features, job.bank, job.run_dir / "experts", recovery=job.recovery, seed=job.seed,
+                           epochs=job.budget.experts_epochs, d_model=job.budget.d_model)  # fmt: skip
+    )
+    router = train.run_router(
+        TrainRouterConfig(experts, job.run_dir / "router", seed=job.seed, epochs=job.budget.router_epochs)
+    )
+    for missing in SETTINGS:
+        evaluate.run(EvalConfig(router, job.run_dir / f"eval-{missing}", missing=missing))
+    return job.run_dir
+
+
+def run_jobs(jobs: list[Job], workers: int) -> None:
+    """Run the jobs, ``workers`` at a time in separate processes (each trains single-threaded on a
+    2-core machine, so two at once use both cores); one worker runs them here, with progress bars."""
+    if workers <= 1:
+        for job in jobs:
+            console.rule(f"{job.recovery}, seed {job.seed}")
+            train_and_evaluate(job)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool, progress_bar() as bar:
+        task = bar.add_task(f"train + eval ({workers} processes)", total=len(jobs))
+        futures = {pool.submit(train_and_evaluate, job, True): job for job in jobs}
+        for future in as_completed(futures):
+            job = futures[future]
+            future.result()  # re-raises a worker's error here
+            bar.advance(task)
+            bar.console.print(f"  {job.recovery}, seed {job.seed}: trained and evaluated ({job.run_dir})")
+
+
+def run(config: DemoConfig, budget: Budget | None = None, workers: int | None = None) -> Path:
     """Run the whole chain under ``config.out`` and print the report table; returns the report dir."""
     if config.seeds < 1:
         raise UserError(f"--seeds {config.seeds}: must be at least 1")
     budget = budget or (QUICK if config.quick else DEFAULT)
+    if config.videos is not None:
+        budget = dataclasses.replace(budget, videos=config.videos)
+    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     out = Path(config.out)
     console.rule(f"r2scp demo: {budget.videos} clips, {config.encoder} features, {config.format}")
     data = synth.run(SynthConfig(out / "data", videos=budget.videos, seed=0, size=budget.size, format=config.format))
@@ -53,17 +106,11 @@ def run(config: DemoConfig, budget: Budget | None = None) -> Path:
     )
     memory = bank.run(BankConfig(features, out / f"bank-{config.encoder}", check_recall=200))
     runs = out / f"runs-{config.encoder}"
-    for seed in range(config.seeds):
-        for recovery in RECOVERY_METHODS:
-            console.rule(f"{recovery}, seed {seed}")
-            run_dir = runs / f"{recovery}-seed{seed}"
-            experts = train.run_experts(
-                TrainExpertsConfig(features, memory, run_dir / "experts", recovery=recovery, seed=seed,
-                                   epochs=budget.experts_epochs, d_model=budget.d_model)  # fmt: skip
-            )
-            router = train.run_router(
-                TrainRouterConfig(experts, run_dir / "router", seed=seed, epochs=budget.router_epochs)
-            )
-            for missing in SETTINGS:
-                evaluate.run(EvalConfig(router, run_dir / f"eval-{missing}", missing=missing))
+    by_cost = ("cmr+cap", "cap", "cmr", "generative", "zero")  # longest first keeps both workers busy
+    jobs = [
+        Job(recovery, seed, features, memory, runs / f"{recovery}-seed{seed}", budget)
+        for seed in range(config.seeds)
+        for recovery in sorted(RECOVERY_METHODS, key=by_cost.index)
+    ]
+    run_jobs(jobs, workers)
     return report.run(ReportConfig((runs,), out / f"report-{config.encoder}"))

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from . import artifacts
-from .config import EvalConfig
+from .bank import Bank
+from .config import EvalConfig, config_dict
 from .console import console
 from .errors import UserError
 from .features import FeatureStore
@@ -61,8 +62,6 @@ def answers_hash(answers) -> str:
 
 def run(config: EvalConfig, force: bool = False) -> Path:
     """Evaluate and write metrics.json and predictions.jsonl; returns the output directory."""
-    from .bank import Bank
-
     if config.missing not in MISSING_SETTINGS:
         raise UserError(f"--missing {config.missing}: choose one of {', '.join(MISSING_SETTINGS)}")
     kind, meta, stage_one = run_meta(config.run)
@@ -106,7 +105,7 @@ def run(config: EvalConfig, force: bool = False) -> Path:
         "evaluated": len(records),
         "failed_videos": store.failed,
         "answer_vocab_sha": answers_hash(checkpoint["answers"]),
-        "config": {"eval": meta_config(config), "run": meta["config"], "model": model.cfg.to_dict()},
+        "config": {"eval": config_dict(config), "run": meta["config"], "model": model.cfg.to_dict()},
         "fingerprints": {
             "model": artifacts.fingerprint(config.run / "model.pt"),
             "features": artifacts.fingerprint(features),
@@ -122,12 +121,6 @@ def run(config: EvalConfig, force: bool = False) -> Path:
     print_metrics(metrics, _title(kind, stage_one, config))
     stage.finish(figures={"overall": metrics["overall"]["accuracy"], "evaluated": len(records)})
     return config.out
-
-
-def meta_config(config: EvalConfig) -> dict:
-    from .config import config_dict
-
-    return config_dict(config)
 
 
 def _title(kind: str, stage_one: dict, config: EvalConfig) -> str:

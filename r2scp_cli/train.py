@@ -15,21 +15,19 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import artifacts
-from .config import TrainExpertsConfig, TrainRouterConfig, config_dict
+from .bank import Bank
+from .config import RECOVERY_METHODS, TrainExpertsConfig, TrainRouterConfig
 from .console import console, progress_bar
 from .errors import UserError
 from .features import FeatureStore
 from .model import EXPERTS, MEDIA, MISSING_CODES, ModelConfig, R2ScP, ranking_loss
-
-if TYPE_CHECKING:
-    from .bank import Bank
 
 SETTINGS = ("none", "audio", "visual")  # model selection: mean val accuracy over these
 MEMORY_BUDGET = 4 << 30  # video tokens are held in memory below this size, read per batch above it
@@ -157,7 +155,7 @@ def make_batch(
             if training:
                 negatives = bank.negatives(vids[rows], m)[:, : cfg.n]
                 rec["negatives"] = torch.from_numpy(bank.gather(m, negatives))
-        if training:
+        if training and (cfg.retrieves or cfg.recovery == "generative"):  # ranking loss / generator MSE
             rec["real"] = torch.from_numpy(videos.get(vids[rows], m))
         recover[m] = rec
     batch["recover"] = recover
@@ -193,8 +191,6 @@ class RunData:
 
 
 def open_data(features: Path, bank_dir: Path, split_names=("train", "val")) -> RunData:
-    from .bank import Bank
-
     artifacts.require(features, "extract")
     artifacts.require(bank_dir, "build-bank")
     store = FeatureStore(features)
@@ -438,8 +434,6 @@ def fit(model: R2ScP, params: list, data: RunData, loop: LoopConfig, out_dir: Pa
 
 
 def check_training_config(config) -> None:
-    from .config import RECOVERY_METHODS
-
     recovery = getattr(config, "recovery", None)
     if recovery is not None and recovery not in RECOVERY_METHODS:
         raise UserError(f"--recovery {recovery}: choose one of {', '.join(RECOVERY_METHODS)}")

@@ -23,7 +23,7 @@ from .config import (
     TrainRouterConfig,
 )
 from .console import console
-from .errors import NotImplementedYet, UserError
+from .errors import UserError
 
 app = typer.Typer(
     help="R2ScP: retrieve, purify and route to answer audio-visual questions with a missing modality.",
@@ -44,7 +44,7 @@ def _csv(value: str) -> tuple[str, ...]:
 
 
 def stage_command(fn: Callable) -> Callable:
-    """Turn user errors into one line and exit code 1, unfinished commands into exit code 2."""
+    """Turn user errors into one line and exit code 1 (no traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -53,9 +53,6 @@ def stage_command(fn: Callable) -> Callable:
         except UserError as error:
             console.print(f"[bold red]error:[/] {error}", soft_wrap=True)
             raise typer.Exit(1) from None
-        except NotImplementedYet as error:
-            console.print(f"[bold yellow]not implemented yet:[/] {error}", soft_wrap=True)
-            raise typer.Exit(2) from None
 
     return wrapper
 

@@ -3,7 +3,3 @@
 
 class UserError(Exception):
     """Bad input, a missing artifact, a mismatched file: one line, no traceback, exit 1."""
-
-
-class NotImplementedYet(Exception):
-    """A subcommand whose issue has not landed: says so and exits with code 2."""

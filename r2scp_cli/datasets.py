@@ -236,13 +236,19 @@ def read_music_avqa(path: Path, split: str) -> AnnotationFile:
     different from its values, unknown question type, missing key) is a UserError naming the
     file and the record's index; tolerated quirks are counted in ``quirks``.
     """
+    return _read_annotations(path, split, _music_avqa_question)
+
+
+def _read_annotations(path: Path, split: str, parse) -> AnnotationFile:
+    """Parse every record with ``parse(record, index, split, qid_rule, quirks)``; a record that
+    fails is a UserError naming the file and its index."""
     path = Path(path)
     quirks: Counter = Counter()
     qid_rule = _QidRule(path, quirks)
     questions = []
     for index, record in enumerate(_load_records(path)):
         try:
-            questions.append(_music_avqa_question(record, index, split, qid_rule, quirks))
+            questions.append(parse(record, index, split, qid_rule, quirks))
         except ValueError as error:
             raise UserError(f"{path}: record {index}: {error}") from None
     return AnnotationFile(path, split, questions, quirks)
@@ -286,16 +292,10 @@ def _avqa_question(record, index: int, split: str, qid_rule: _QidRule) -> Questi
 def read_avqa(path: Path, split: str) -> AnnotationFile:
     """Every record of an AVQA (Yang et al.) ``*_qa.json`` file; a bad record is a UserError
     naming the file and index. ``question_relation`` is optional; other keys are ignored."""
-    path = Path(path)
-    quirks: Counter = Counter()
-    qid_rule = _QidRule(path, quirks)
-    questions = []
-    for index, record in enumerate(_load_records(path)):
-        try:
-            questions.append(_avqa_question(record, index, split, qid_rule))
-        except ValueError as error:
-            raise UserError(f"{path}: record {index}: {error}") from None
-    return AnnotationFile(path, split, questions, quirks)
+    def parse(record, index, split, qid_rule, _quirks):
+        return _avqa_question(record, index, split, qid_rule)
+
+    return _read_annotations(path, split, parse)
 
 
 # --------------------------------------------------------------------------- dataset directories

@@ -87,7 +87,8 @@ def run(config: EvalConfig, force: bool = False) -> Path:
     split = load_split(store, config.split, read_text=config.missing != "text")
     available = tuple(m for m in MEDIA if m != config.missing)
     videos = VideoTokens(store, sorted(set(split.video_ids)), modalities=available)
-    p = predict(model, split, config.missing, videos, retrieve, bank, config.batch_size, config.device)
+    p = predict(model, split, config.missing, videos, retrieve, bank, config.batch_size, config.device,
+                route=kind == "router")  # fmt: skip
 
     combined = p["routed"] if kind == "router" else sum(p[m] for m in EXPERTS)
     records = prediction_records(store, split, combined, p["alpha"] if kind == "router" else None)

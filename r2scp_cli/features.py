@@ -172,20 +172,20 @@ class FeatureStore:
         return sorted(set(self.questions.video_id[mask]))
 
     # -- questions
-    def question_arrays(self, rows: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
-        """tokens [B, L, D_t] float32, mask [B, L] bool, global [B, D_t] float32 (and options)."""
+    def question_arrays(
+        self, rows: Sequence[int] | np.ndarray, fields: Sequence[str] = ("tokens", "mask", "global", "options")
+    ) -> dict[str, np.ndarray]:
+        """tokens [B, L, D_t] float32, mask [B, L] bool, global [B, D_t] float32 and (AVQA) options
+        [B, K, D]; ``fields`` reads only some of them (a run without text reads only the options)."""
         rows = np.asarray(rows)
         order = np.argsort(rows)
         inverse = np.argsort(order)
         sorted_rows = rows[order]  # h5py fancy indexing needs increasing indices
         q = self._h5["questions"]
-        out = {
-            "tokens": q["tokens"][sorted_rows].astype(np.float32)[inverse],
-            "mask": q["mask"][sorted_rows][inverse],
-            "global": q["global"][sorted_rows][inverse],
-        }
-        if self.has_options:
-            out["options"] = q["options"][sorted_rows][inverse]
+        wanted = [f for f in fields if f != "options" or self.has_options]
+        out = {name: q[name][sorted_rows][inverse] for name in wanted}
+        if "tokens" in out:
+            out["tokens"] = out["tokens"].astype(np.float32)
         return out
 
     def options_text(self, rows: Sequence[int] | np.ndarray) -> list[list[str]]:

@@ -98,7 +98,7 @@ def load_split(store: FeatureStore, name: str, read_text: bool = True) -> Split:
         q_mask = np.zeros((len(rows), L), bool)
         q_mask[:, 0] = True  # one (zero) token so attention is defined
         q_global = np.zeros((len(rows), store.info.dims["text_global"]), np.float32)
-        options = store.question_arrays(rows).get("options") if store.has_options else None
+        options = store.question_arrays(rows, fields=("options",)).get("options")
     return Split(
         name=name,
         video_ids=store.questions.video_id[rows],
@@ -240,7 +240,7 @@ def fit_cap_priors(model: R2ScP, data: RunData, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     for m in MEDIA:
         tokens = torch.from_numpy(data.videos.get(train_videos, m))  # [V, T, D]
-        projection = model.projection[m].cpu()
+        projection = model.projection[m]
         getattr(model, f"mean_{m}").copy_(tokens.mean(0))
         points = projection.standardise(tokens.flatten(0, 1))
         centres = points[torch.randperm(len(points), generator=generator)[: model.cfg.prototypes]].clone()
@@ -257,18 +257,20 @@ def fit_cap_priors(model: R2ScP, data: RunData, seed: int) -> None:
 
 
 @torch.no_grad()
-def predict(model: R2ScP, split: Split, setting: str, videos: VideoTokens, retrieve, bank, batch_size: int, device: str):
+def predict(model: R2ScP, split: Split, setting: str, videos: VideoTokens, retrieve, bank, batch_size: int,
+            device: str, route: bool = True):  # fmt: skip
     """Log-probabilities of every question with ``setting`` removed from every sample:
-    {"routed": [N, A], "audio"/"visual"/"text": [N, A], "alpha": [N, 3]}."""
+    {"audio"/"visual"/"text": [N, A]} and, when ``route``, {"routed": [N, A], "alpha": [N, 3]}."""
     model.eval()
     missing = np.full(len(split), MISSING_CODES[setting])
-    out: dict[str, list] = {k: [] for k in ("routed", "alpha", *EXPERTS)}
+    out: dict[str, list] = {k: [] for k in (("routed", "alpha") if route else ()) + EXPERTS}
     for start in range(0, len(split), batch_size):
         idx = np.arange(start, min(start + batch_size, len(split)))
         batch = to_device(make_batch(split, idx, missing[idx], videos, model.cfg, retrieve, bank, False), device)
-        result = model(batch, route=True)
-        out["routed"].append(torch.log_softmax(result["logits"], -1).cpu())
-        out["alpha"].append(result["alpha"].cpu())
+        result = model(batch, route=route)
+        if route:
+            out["routed"].append(torch.log_softmax(result["logits"], -1).cpu())
+            out["alpha"].append(result["alpha"].cpu())
         for m in EXPERTS:
             out[m].append(torch.log_softmax(result["expert_logits"][m], -1).cpu())
     return {k: torch.cat(v) for k, v in out.items()}
@@ -283,7 +285,8 @@ def validate(model, data: RunData, stage: int, batch_size: int, device: str) -> 
     split = data.splits["val"]
     scores = {}
     for setting in SETTINGS:
-        p = predict(model, split, setting, data.videos, data.bank.neighbours, data.bank, batch_size, device)
+        p = predict(model, split, setting, data.videos, data.bank.neighbours, data.bank, batch_size, device,
+                    route=stage == 2)  # fmt: skip
         combined = p["routed"] if stage == 2 else sum(p[m] for m in EXPERTS)
         scores[setting] = accuracy(combined, split.answers)
     scores["selection"] = sum(scores[s] for s in SETTINGS) / len(SETTINGS)

@@ -40,8 +40,8 @@ def trained(world):
     return experts, router
 
 
-def spy_on_retrieval(monkeypatch) -> list[tuple[np.ndarray, str, np.ndarray]]:
-    """Record every (query videos, modality, entry video ids) the training and eval code gathers."""
+def spy_on_retrieval(monkeypatch) -> list[tuple[np.ndarray, str, np.ndarray, Bank]]:
+    """Record every (query videos, modality, entry indices, bank) the training and eval code retrieves."""
     calls = []
     original_neighbours, original_search = Bank.neighbours, Bank.search
 

@@ -32,8 +32,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from r2scp_cli.bank import Searcher, build_index  # noqa: E402
 from r2scp_cli.config import BankConfig  # noqa: E402
+from r2scp_cli.retrieval.search import Searcher, build_index  # noqa: E402
 
 K = 10
 

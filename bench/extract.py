@@ -18,12 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-
-from r2scp_cli import extract, synth
+from r2scp_cli import extract
 from r2scp_cli.artifacts import meta_path
 from r2scp_cli.config import ExtractConfig, SynthConfig
-from r2scp_cli.encoders import HandcraftedEncoder
+from r2scp_cli.encoders.handcrafted import HandcraftedEncoder
 from r2scp_cli.media import decode_clip
+from r2scp_cli.synth import dataset as synth
 
 
 def synth_dataset(root: Path, videos: int) -> str:

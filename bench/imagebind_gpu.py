@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from r2scp_cli import encoders_imagebind as ib  # noqa: E402
+from r2scp_cli.encoders import imagebind as ib  # noqa: E402
 
 
 @dataclass

@@ -20,12 +20,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from r2scp_cli import bank as bank_stage, evaluate, extract, synth, train
-from r2scp_cli.bank import Bank
+from r2scp_cli import evaluate, extract, train
 from r2scp_cli.config import BankConfig, EvalConfig, ExtractConfig, SynthConfig, TrainExpertsConfig, TrainRouterConfig
 from r2scp_cli.console import console
 from r2scp_cli.demo import DEFAULT
-from r2scp_cli.synth import read_scenes
+from r2scp_cli.retrieval import bank as bank_stage
+from r2scp_cli.retrieval.bank import Bank
+from r2scp_cli.synth import dataset as synth
+from r2scp_cli.synth.dataset import read_scenes
 
 
 def scene_sets(data: Path) -> dict[str, dict[str, frozenset]]:

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from r2scp_cli import artifacts, bank, extract, synth
+from r2scp_cli import artifacts, extract
 from r2scp_cli.config import BankConfig, ExtractConfig, Modality, SynthConfig
 from r2scp_cli.features import FeatureStore
+from r2scp_cli.retrieval import bank
+from r2scp_cli.synth import dataset as synth
 
 MODES = ("bind", "paired")
 

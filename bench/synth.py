@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from r2scp_cli import synth
 from r2scp_cli.config import SynthConfig
 from r2scp_cli.media import write_mp4
-from r2scp_cli.synth_picture import render_frames
-from r2scp_cli.synth_sound import render_audio
+from r2scp_cli.synth import dataset as synth
+from r2scp_cli.synth.picture import render_frames
+from r2scp_cli.synth.sound import render_audio
 
 
 def step_costs(config: SynthConfig, sample: int) -> dict[str, float]:

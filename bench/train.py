@@ -15,17 +15,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from r2scp_cli import bank as bank_stage, extract, synth
+from r2scp_cli import extract
+from r2scp_cli.batches import limit_cpu_threads, make_batch, predict
 from r2scp_cli.config import RECOVERY_METHODS, BankConfig, ExtractConfig, SynthConfig, TrainExpertsConfig
 from r2scp_cli.model import R2ScP
+from r2scp_cli.retrieval import bank as bank_stage
+from r2scp_cli.synth import dataset as synth
 from r2scp_cli.train import (
     fit_cap_priors,
     fit_input_statistics,
-    limit_cpu_threads,
-    make_batch,
     model_config_for,
     open_data,
-    predict,
     simulate_missing,
     stage_one_loss,
 )

@@ -86,7 +86,7 @@ def synth(
     force: Force = False,
 ) -> None:
     """Write the built-in dataset: real mp4 clips and MUSIC-AVQA (or AVQA) annotations."""
-    from . import synth as stage
+    from .synth import dataset as stage
 
     stage.run(SynthConfig(out, videos, seed, seconds, fps, size, split_by, format), force=force)
 
@@ -137,7 +137,7 @@ def build_bank(
     force: Force = False,
 ) -> None:
     """Build the memory bank: key spaces, HNSW indexes and leak-proof neighbour lists."""
-    from . import bank as stage
+    from .retrieval import bank as stage
 
     config = BankConfig(
         features, out, _csv(bank_splits), tuple(library or ()), keys, neighbours, M, ef_construction, ef,
@@ -244,3 +244,27 @@ def demo(
     from . import demo as stage
 
     stage.run(DemoConfig(out, quick, seeds, encoder, format, videos))
+
+
+@app.command()
+def doctor(
+    checkpoint: Annotated[
+        Optional[Path], typer.Option(help="ImageBind checkpoint to check (default: $IMAGEBIND_CHECKPOINT).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON, for scripts.")] = False,
+) -> None:
+    """Show what this installation can do (torch, CUDA, packages, encoders) and how to fix what it cannot."""
+    import json
+
+    from . import doctor as stage
+
+    try:
+        report = stage.run(checkpoint)
+    except Exception as error:  # the doctor reports; it never fails
+        report = {"error": f"the doctor could not finish: {type(error).__name__}: {error}"}
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    elif "error" in report:
+        console.print(report["error"], markup=False)
+    else:
+        stage.print_report(report, console)

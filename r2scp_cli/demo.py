@@ -11,7 +11,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bank, evaluate, extract, report, synth, train
+from . import evaluate, extract, report, train
 from .config import (
     RECOVERY_METHODS,
     BankConfig,
@@ -25,6 +25,8 @@ from .config import (
 )
 from .console import console, progress_bar
 from .errors import UserError
+from .retrieval import bank
+from .synth import dataset as synth
 
 SETTINGS = ("none", "audio", "visual")
 

@@ -1,7 +1,7 @@
 """`r2scp eval`: one trained run, one split, one modality removed from every sample.
 
 The missing modality's real features are never read: its tokens are not loaded (see
-``train.VideoTokens``), and recovery queries the bank with the available modality only.
+``batches.VideoTokens``), and recovery queries the bank with the available modality only.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import numpy as np
 import torch
 
 from . import artifacts
-from .bank import Bank
+from .batches import VideoTokens, limit_cpu_threads, load_model, load_split, predict
 from .config import EvalConfig, config_dict
 from .console import console
 from .errors import UserError
 from .features import FeatureStore
 from .model import EXPERTS, MEDIA
 from .report import compute_metrics, print_metrics
-from .train import VideoTokens, limit_cpu_threads, load_model, load_split, predict
+from .retrieval.bank import Bank
 
 MISSING_SETTINGS = ("none", "audio", "visual", "text")
 RUN_STAGES = {"train-router": "router", "train-experts": "experts"}

@@ -26,10 +26,10 @@ from . import artifacts
 from .config import DATASET_FORMATS, ExtractConfig
 from .console import console, progress_bar
 from .datasets import Dataset, Question, read_dataset
-from .encoders import Clip, ClipFailure, Encoder, build_encoder
+from .encoders.registry import Encoder, build_encoder
 from .errors import UserError
 from .features import FeatureWriter
-from .media import decode_clip
+from .media import Clip, ClipFailure, decode_clip
 
 STAGE = "extract"
 POOL_MIN_VIDEOS = 32  # below this, starting worker processes costs more than it saves

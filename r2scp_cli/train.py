@@ -1,8 +1,7 @@
 """Stage 1 (experts + recovery modules) and stage 2 (router over frozen experts), written out top to bottom.
 
-Both stages share the data path: questions of a split held in memory (:class:`Split`), video tokens
-read through the feature store (:class:`VideoTokens`), batches built by :func:`make_batch` with the
-missing simulation, and recovery inputs gathered from the bank's precomputed neighbour lists.
+Both stages read their data through batches.py (splits, video tokens, batches with recovery inputs
+gathered from the bank's precomputed neighbour lists) and add the missing simulation here.
 A run directory holds ``model.pt`` (best weights + the model config), ``checkpoint.pt`` (last state,
 for ``--resume``), ``log.jsonl`` and ``meta.json`` (written last).
 """
@@ -11,155 +10,29 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import artifacts
-from .bank import Bank
+from .batches import (
+    Split, VideoTokens, accuracy, limit_cpu_threads, load_model, load_split, make_batch, predict, to_device,
+)  # fmt: skip
 from .config import RECOVERY_METHODS, TrainExpertsConfig, TrainRouterConfig
 from .console import console, progress_bar
 from .errors import UserError
 from .features import FeatureStore
 from .model import EXPERTS, MEDIA, MISSING_CODES, ModelConfig, R2ScP, ranking_loss
+from .retrieval.bank import Bank
 
 SETTINGS = ("none", "audio", "visual")  # model selection: mean val accuracy over these
-MEMORY_BUDGET = 4 << 30  # video tokens are held in memory below this size, read per batch above it
 
 
 # --------------------------------------------------------------------------- data
-
-
-def limit_cpu_threads(device: str) -> None:
-    """On CPU, use half the cores. The model is small, so its ops gain little from more threads, and
-    OpenMP threads that wait for a core held by another process made a batch 25x slower here."""
-    if device == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
-
-
-class VideoTokens:
-    """Segment tokens of the videos a run needs, by video id: in memory when they fit the budget,
-    otherwise read from the HDF5 file per batch."""
-
-    def __init__(self, store: FeatureStore, video_ids, modalities=MEDIA, budget: int = MEMORY_BUDGET):
-        self.store = store
-        self.modalities = tuple(modalities)  # a modality declared missing is never read
-        self.index = {v: i for i, v in enumerate(video_ids)}
-        info = store.info
-        size = len(video_ids) * info.segments * sum(info.dims[m] for m in self.modalities) * 4
-        self.cache = None
-        if size <= budget:
-            self.cache = {m: store.stack_tokens(list(video_ids), m) for m in self.modalities}
-
-    def get(self, video_ids, modality: str) -> np.ndarray:
-        if modality not in self.modalities:
-            raise RuntimeError(f"{modality} tokens were declared missing and must not be read")
-        if self.cache is not None:
-            return self.cache[modality][[self.index[v] for v in video_ids]]
-        return self.store.stack_tokens(list(video_ids), modality)
-
-
-@dataclass
-class Split:
-    """The questions of one split, in memory (question features are small)."""
-
-    name: str
-    video_ids: np.ndarray  # [N] object
-    answers: torch.Tensor  # [N] answer (or option) index
-    q_tokens: torch.Tensor  # [N, L, D_t]
-    q_mask: torch.Tensor  # [N, L]
-    q_global: torch.Tensor  # [N, D_tg]
-    options: torch.Tensor | None  # [N, K, D_tg] (AVQA)
-    rows: np.ndarray  # question rows in the feature store
-
-    def __len__(self) -> int:
-        return len(self.video_ids)
-
-
-def load_split(store: FeatureStore, name: str, read_text: bool = True) -> Split:
-    """Questions of ``name``; with ``read_text=False`` (text declared missing) the question features
-    are never read and stand as zeros."""
-    rows = store.questions.rows(name)
-    if len(rows) == 0:
-        raise UserError(f"{store.path}: no questions in split '{name}'")
-    L, D = store.info.question_tokens, store.info.dims["text"]
-    if read_text:
-        arrays = store.question_arrays(rows)
-        q_tokens, q_mask, q_global = arrays["tokens"], arrays["mask"], arrays["global"]
-        options = arrays.get("options")
-    else:
-        q_tokens = np.zeros((len(rows), L, D), np.float32)
-        q_mask = np.zeros((len(rows), L), bool)
-        q_mask[:, 0] = True  # one (zero) token so attention is defined
-        q_global = np.zeros((len(rows), store.info.dims["text_global"]), np.float32)
-        options = store.question_arrays(rows, fields=("options",)).get("options")
-    return Split(
-        name=name,
-        video_ids=store.questions.video_id[rows],
-        answers=torch.as_tensor(store.questions.answer_index[rows], dtype=torch.long),
-        q_tokens=torch.as_tensor(q_tokens),
-        q_mask=torch.as_tensor(q_mask),
-        q_global=torch.as_tensor(q_global),
-        options=None if options is None else torch.as_tensor(options),
-        rows=rows,
-    )
-
-
-Retrieve = Callable[[np.ndarray, str], tuple[np.ndarray, np.ndarray]]
-
-
-def make_batch(
-    split: Split,
-    idx: np.ndarray,
-    missing: np.ndarray,
-    videos: VideoTokens,
-    cfg: ModelConfig,
-    retrieve: Retrieve | None,
-    bank: Bank | None,
-    training: bool,
-) -> dict:
-    """A batch keyed by modality. The tokens of a modality are read only for the rows that have it;
-    rows that miss it get zeros here and their recovery inputs in ``batch["recover"][m]``.
-    In training (simulated missing), the real tokens of the recovered rows are added as ``real``
-    for the ranking loss and the generative MSE, and random bank entries as ``negatives``."""
-    vids = split.video_ids[idx]
-    batch: dict = {"missing": torch.as_tensor(missing, dtype=torch.long)}
-    for m in MEDIA:
-        have = missing != MISSING_CODES[m]
-        tokens = np.zeros((len(idx), cfg.segments, cfg.dims[m]), np.float32)
-        if have.any():
-            tokens[have] = videos.get(vids[have], m)
-        batch[m] = torch.from_numpy(tokens)
-    batch["q_tokens"] = split.q_tokens[idx]
-    batch["q_mask"] = split.q_mask[idx]
-    batch["q_global"] = split.q_global[idx]
-    batch["answer"] = split.answers[idx]
-    if split.options is not None:
-        batch["options"] = split.options[idx]
-    recover = {}
-    for m in MEDIA:
-        rows = np.flatnonzero(missing == MISSING_CODES[m])
-        if len(rows) == 0:
-            continue
-        rec: dict = {"rows": torch.as_tensor(rows, dtype=torch.long)}
-        if cfg.retrieves:
-            entries, sims = retrieve(vids[rows], m)
-            rec["candidates"] = torch.from_numpy(bank.gather(m, entries[:, : cfg.n]))
-            rec["sims"] = torch.from_numpy(np.ascontiguousarray(sims[:, : cfg.n], np.float32))
-            if training:
-                negatives = bank.negatives(vids[rows], m)[:, : cfg.n]
-                rec["negatives"] = torch.from_numpy(bank.gather(m, negatives))
-        if training and (cfg.retrieves or cfg.recovery == "generative"):  # ranking loss / generator MSE
-            rec["real"] = torch.from_numpy(videos.get(vids[rows], m))
-        recover[m] = rec
-    batch["recover"] = recover
-    return batch
 
 
 def simulate_missing(size: int, p_missing: float, rng: np.random.Generator) -> np.ndarray:
@@ -167,14 +40,6 @@ def simulate_missing(size: int, p_missing: float, rng: np.random.Generator) -> n
     lose = rng.random(size) < p_missing
     which = np.where(rng.random(size) < 0.5, MISSING_CODES["audio"], MISSING_CODES["visual"])
     return np.where(lose, which, MISSING_CODES["none"])
-
-
-def to_device(batch: dict, device: str) -> dict:
-    if device == "cpu":
-        return batch
-    moved = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-    moved["recover"] = {m: {k: v.to(device) for k, v in rec.items()} for m, rec in batch["recover"].items()}
-    return moved
 
 
 # --------------------------------------------------------------------------- building a run
@@ -253,33 +118,6 @@ def fit_cap_priors(model: R2ScP, data: RunData, seed: int) -> None:
         getattr(model, f"prototypes_{m}").copy_(centres * projection.std + projection.mean)
 
 
-# --------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def predict(model: R2ScP, split: Split, setting: str, videos: VideoTokens, retrieve, bank, batch_size: int,
-            device: str, route: bool = True):  # fmt: skip
-    """Log-probabilities of every question with ``setting`` removed from every sample:
-    {"audio"/"visual"/"text": [N, A]} and, when ``route``, {"routed": [N, A], "alpha": [N, 3]}."""
-    model.eval()
-    missing = np.full(len(split), MISSING_CODES[setting])
-    out: dict[str, list] = {k: [] for k in (("routed", "alpha") if route else ()) + EXPERTS}
-    for start in range(0, len(split), batch_size):
-        idx = np.arange(start, min(start + batch_size, len(split)))
-        batch = to_device(make_batch(split, idx, missing[idx], videos, model.cfg, retrieve, bank, False), device)
-        result = model(batch, route=route)
-        if route:
-            out["routed"].append(torch.log_softmax(result["logits"], -1).cpu())
-            out["alpha"].append(result["alpha"].cpu())
-        for m in EXPERTS:
-            out[m].append(torch.log_softmax(result["expert_logits"][m], -1).cpu())
-    return {k: torch.cat(v) for k, v in out.items()}
-
-
-def accuracy(log_probs: torch.Tensor, answers: torch.Tensor) -> float:
-    return 100.0 * (log_probs.argmax(-1) == answers).float().mean().item()
-
-
 def validate(model, data: RunData, stage: int, batch_size: int, device: str) -> dict[str, float]:
     """Val accuracy per setting; stage 1 scores the experts' summed log-probabilities, stage 2 the routed head."""
     split = data.splits["val"]
@@ -346,16 +184,6 @@ class LoopConfig:
 def save_model(path: Path, model: R2ScP, answers: list[str], **extra) -> None:
     with artifacts.atomic_path(path) as tmp:
         torch.save({"model_config": model.cfg.to_dict(), "state": model.state_dict(), "answers": answers, **extra}, tmp)
-
-
-def load_model(path: Path, device: str = "cpu") -> tuple[R2ScP, dict]:
-    """Rebuild a model from its checkpoint alone (the config travels with the weights)."""
-    if not path.exists():
-        raise UserError(f"{path}: model checkpoint not found")
-    checkpoint = torch.load(path, map_location=device, weights_only=False)
-    model = R2ScP(ModelConfig(**checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["state"], strict=True)
-    return model.to(device), checkpoint
 
 
 def fit(model: R2ScP, params: list, data: RunData, loop: LoopConfig, out_dir: Path, resume: bool) -> dict:

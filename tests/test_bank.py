@@ -8,18 +8,18 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import make_features, planted_scenes
 from typer.testing import CliRunner
 
-from conftest import make_features, planted_scenes
 from r2scp_cli import artifacts
-from r2scp_cli import bank as bank_module
-from r2scp_cli import binder as binder_module
-from r2scp_cli.bank import Bank, resolve_key_mode, run
-from r2scp_cli.binder import fold_of, load_binder
 from r2scp_cli.cli import app
 from r2scp_cli.config import BankConfig, Modality
 from r2scp_cli.errors import UserError
 from r2scp_cli.features import FeatureStore
+from r2scp_cli.retrieval import keys as keys_module
+from r2scp_cli.retrieval import search as search_module
+from r2scp_cli.retrieval.bank import Bank, resolve_key_mode, run
+from r2scp_cli.retrieval.keys import fold_of, load_binder
 
 MEDIA = Modality.media()
 runner = CliRunner()
@@ -89,7 +89,7 @@ def test_no_list_holds_the_own_video_even_when_a_library_repeats_it(planted, tmp
 
 
 def test_exact_lists_equal_brute_force_cosine(planted, tmp_path, monkeypatch):
-    monkeypatch.setattr(bank_module, "EXACT_BLOCK", 1000)  # a few queries per block: the blocks must join up
+    monkeypatch.setattr(search_module, "EXACT_BLOCK", 1000)  # a few queries per block: the blocks must join up
     out = run(BankConfig(planted, tmp_path / "bank", keys="paired", exact=True, neighbours=8))
     bank = Bank.open(out)
     assert artifacts.read_json(out / "meta.json")["figures"]["search"] == "exact"
@@ -176,8 +176,8 @@ def test_bind_queries_a_video_only_through_a_binder_that_never_trained_on_it(tmp
         trained_on.append({row.tobytes() for row in train["audio"]})
         return real_train_binder(train, held_out, *args, **kwargs)
 
-    real_train_binder = binder_module.train_binder
-    monkeypatch.setattr(binder_module, "train_binder", spy)
+    real_train_binder = keys_module.train_binder
+    monkeypatch.setattr(keys_module, "train_binder", spy)
     out = run(BankConfig(features, tmp_path / "bank", keys="bind", exact=True, neighbours=5))
     bank = Bank.open(out)
     binders = [load_binder(out / f"binder_{f}.pt") for f in range(3)]

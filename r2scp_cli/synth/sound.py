@@ -12,12 +12,10 @@ carry no answer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .scenes import Player, Scene
+from .scenes import Player, Scene
 
 REFERENCE_RMS = 0.12  # RMS of a 0 dB player; three loud players stay below full scale
 NYQUIST_GUARD_HZ = 7000.0  # partials above this are dropped (16 kHz audio)

@@ -14,8 +14,8 @@ from typing import Callable
 
 import numpy as np
 
+from .questions import NUMBERS, ChoiceQuestion, offscreen_heard, pick, visible_sounding
 from .scenes import INSTRUMENTS, LOUD_MARGIN_DB, Scene
-from .synth_questions import NUMBERS, ChoiceQuestion, offscreen_heard, pick, visible_sounding
 
 PLACES = {"left": "on the left", "middle": "in the middle", "right": "on the right"}
 OFF_SCREEN = "off screen"

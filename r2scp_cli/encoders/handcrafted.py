@@ -1,58 +1,20 @@
-"""Encoder registry (DESIGN section 4): clips and questions -> feature arrays.
+"""``handcrafted``: weight-free signal descriptors (DESIGN section 4), fast on CPU; not pretrained, not joint.
 
-An encoder is any object with
-
-* ``info: EncoderInfo`` -- its name, version, dims, flags and preprocessing constants;
-* ``encode_clips(clips) -> list[dict]`` -- per clip ``audio`` [T, D_a], ``visual`` [T, D_v] and the
-  L2-normalised float32 ``audio_global`` / ``visual_global``;
-* ``encode_texts(texts) -> dict`` -- ``tokens`` float32 [N, L, D_t], ``mask`` bool [N, L],
-  ``global`` float32 [N, D_text_global] (L2-normalised).
-
-Optional attributes let an encoder steer the media stage: ``frame_size`` ((width, height) the
-decoder resizes frames to, or None for the native size); ``encode_in_workers`` (True for a cheap,
-CPU-only, picklable encoder: each decoding worker process then encodes its clips too); and
-``load_clip(video_id) -> Clip`` for encoders that read precomputed arrays instead of media
-(raising :class:`ClipFailure` when the video's inputs are missing).
-
-``handcrafted`` and ``npy`` live here; ``pretrained`` and ``imagebind`` are imported lazily from
-their own modules, which need optional extras. ``Clip`` and ``ClipFailure`` are defined in
-media.py (the decoder makes them) and re-exported here.
+Audio: per-segment log-mel statistics with loudness, onset and spectral-shape cues. Vision: per-frame
+spatial colour and gradient grids. Questions: hashed word and bigram tokens. The text encoder and the
+clip-array helper are shared with ``npy``.
 """
 
 from __future__ import annotations
 
-import importlib
 import zlib
-from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from .config import ExtractConfig
-from .errors import UserError
-from .features import EncoderInfo
-from .media import AUDIO_RATE, Clip, ClipFailure
-
-__all__ = [
-    "Clip", "ClipFailure", "Encoder", "EncoderInfo", "HandcraftedAudio", "HandcraftedVisual", "HashedText",
-    "HandcraftedEncoder", "NpyEncoder", "ENCODERS", "build_encoder", "l2_normalise",
-]  # fmt: skip
-
-class Encoder(Protocol):
-    """What `extract` needs from an encoder."""
-
-    info: EncoderInfo
-
-    def encode_clips(self, clips: list[Clip]) -> list[dict[str, np.ndarray]]: ...
-
-    def encode_texts(self, texts: list[str]) -> dict[str, np.ndarray]: ...
-
-
-def l2_normalise(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """float32 ``x`` divided by its L2 norm along ``axis`` (zero vectors stay zero)."""
-    x = np.asarray(x, np.float32)
-    norm = np.linalg.norm(x, axis=axis, keepdims=True)
-    return x / np.maximum(norm, 1e-12)
+from ..features import EncoderInfo
+from ..media import AUDIO_RATE, Clip
+from .preprocessing import l2_normalise
 
 
 def split_segments(x: np.ndarray, segments: int) -> np.ndarray:
@@ -309,7 +271,7 @@ class HashedText:
 # --------------------------------------------------------------------------- encoders
 
 
-def _clip_arrays(audio: np.ndarray, visual: np.ndarray) -> dict[str, np.ndarray]:
+def clip_arrays(audio: np.ndarray, visual: np.ndarray) -> dict[str, np.ndarray]:
     """Tokens plus their L2-normalised mean as the global vectors."""
     return {
         "audio": audio.astype(np.float32),
@@ -345,120 +307,8 @@ class HandcraftedEncoder:
         )
 
     def encode_clips(self, clips: list[Clip]) -> list[dict[str, np.ndarray]]:
-        return [_clip_arrays(self.audio.encode(c.audio), self.visual.encode(c.frames)) for c in clips]
+        return [clip_arrays(self.audio.encode(c.audio), self.visual.encode(c.frames)) for c in clips]
 
     def encode_texts(self, texts: list[str]) -> dict[str, np.ndarray]:
         return self.text.encode(texts)
 
-
-def resample_segments(array: np.ndarray, segments: int) -> np.ndarray:
-    """[N, D] -> [T, D]: the mean of each of T equal spans of the N rows (rows shared by two spans
-    count in both by their overlap). N < T repeats rows."""
-    array = np.asarray(array, np.float32)
-    n = len(array)
-    edges = np.linspace(0.0, n, segments + 1)
-    out = np.empty((segments, array.shape[1]), np.float32)
-    for t in range(segments):
-        lo, hi = edges[t], edges[t + 1]
-        rows = np.arange(int(np.floor(lo)), min(int(np.ceil(hi)), n))
-        weights = np.minimum(rows + 1, hi) - np.maximum(rows, lo)
-        out[t] = weights @ array[rows] / weights.sum()
-    return out
-
-
-class NpyEncoder:
-    """``npy``: per-video feature arrays as released for MUSIC-AVQA (VGGish [60, 128] audio,
-    ResNet-18 [60, 512] visual), averaged into T segments; questions by :class:`HashedText`."""
-
-    VERSION = "1"
-    DIMS = {"audio": 128, "visual": 512}
-
-    def __init__(self, segments: int, audio_dir: Path, visual_dir: Path):
-        for flag, directory in (("--audio-npy", audio_dir), ("--visual-npy", visual_dir)):
-            if directory is None:
-                raise UserError(f"--encoder npy needs {flag} DIR")
-            if not Path(directory).is_dir():
-                raise UserError(f"{directory}: {flag} directory not found")
-        self.segments = segments
-        self.dirs = {"audio": Path(audio_dir), "visual": Path(visual_dir)}
-        self.text = HashedText()
-        self.info = EncoderInfo(
-            encoder="npy",
-            encoder_version=self.VERSION,
-            segments=segments,
-            dims={**self.DIMS, "text": self.text.dim, "audio_global": self.DIMS["audio"],
-                  "visual_global": self.DIMS["visual"], "text_global": self.text.dim},  # fmt: skip
-            question_tokens=self.text.max_tokens,
-            joint_space=False,
-            pretrained=True,  # VGGish and ResNet-18 were trained on other data
-            preprocessing={"resample": "segment mean", "audio_npy": str(audio_dir), "visual_npy": str(visual_dir),
-                           **self.text.constants},  # fmt: skip
-        )
-
-    def load_clip(self, video_id: str) -> Clip:
-        """The video's two arrays, checked for shape; a missing or malformed file is a ClipFailure."""
-        features = {}
-        for name, directory in self.dirs.items():
-            path = directory / f"{video_id}.npy"
-            if not path.exists():
-                raise ClipFailure(f"missing {name} npy: {path}")
-            try:
-                array = np.load(path)
-            except (OSError, ValueError) as error:
-                raise ClipFailure(f"unreadable {name} npy {path}: {error}") from None
-            if array.ndim != 2 or array.shape[1] != self.DIMS[name] or len(array) == 0:
-                raise ClipFailure(f"{name} npy {path} has shape {list(array.shape)}, expected [N, {self.DIMS[name]}]")
-            features[name] = array
-        empty = np.zeros((0, 0, 0, 3), np.uint8)
-        return Clip(video_id, empty, np.zeros(0, np.float32), 0.0, features)
-
-    def encode_clips(self, clips: list[Clip]) -> list[dict[str, np.ndarray]]:
-        return [
-            _clip_arrays(
-                resample_segments(c.features["audio"], self.segments),
-                resample_segments(c.features["visual"], self.segments),
-            )
-            for c in clips
-        ]
-
-    def encode_texts(self, texts: list[str]) -> dict[str, np.ndarray]:
-        return self.text.encode(texts)
-
-
-# --------------------------------------------------------------------------- registry
-
-
-def _lazy(module: str, name: str) -> Callable[[ExtractConfig], Encoder]:
-    """A factory that imports ``r2scp_cli.<module>`` only when the encoder is asked for."""
-
-    def build(config: ExtractConfig) -> Encoder:
-        full = f"{__package__}.{module}"
-        try:
-            loaded = importlib.import_module(full)
-        except ModuleNotFoundError as error:
-            if error.name == full:
-                raise UserError(f"encoder '{name}' is not part of this installation ({full} missing)") from None
-            raise UserError(
-                f"encoder '{name}' needs the extra: pip install 'r2scp[{name}]' (missing module {error.name})"
-            ) from None
-        return loaded.build(config)
-
-    return build
-
-
-ENCODERS: dict[str, Callable[[ExtractConfig], Encoder]] = {
-    "handcrafted": lambda config: HandcraftedEncoder(config.segments),
-    "npy": lambda config: NpyEncoder(config.segments, config.audio_npy, config.visual_npy),
-    "pretrained": _lazy("encoders_pretrained", "pretrained"),
-    "imagebind": _lazy("encoders_imagebind", "imagebind"),
-}
-
-
-def build_encoder(config: ExtractConfig) -> Encoder:
-    """The encoder named by ``config.encoder``; an unknown name is a one-line UserError."""
-    if config.segments < 1:
-        raise UserError(f"--segments must be at least 1, got {config.segments}")
-    factory = ENCODERS.get(config.encoder)
-    if factory is None:
-        raise UserError(f"unknown encoder '{config.encoder}'; choose one of: {', '.join(ENCODERS)}")
-    return factory(config)

@@ -28,6 +28,14 @@ from PIL import Image
 AUDIO_RATE = 16_000  # Hz of every Clip.audio (media.AUDIO_RATE); this module imports no decoder
 
 
+def l2_normalise(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """float32 ``x`` divided by its L2 norm along ``axis`` (zero vectors stay zero)."""
+    x = np.asarray(x, np.float32)
+    norm = np.linalg.norm(x, axis=axis, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+
 def segment_centres(duration: float, segments: int) -> np.ndarray:
     """[T] centre times (s) of T equal segments, as media.segment_centres places the frames."""
     return (np.arange(segments) + 0.5) * (duration / segments)

@@ -15,7 +15,7 @@ bind       binder_f(entry's m tokens)           binder_f(video's m.other() token
 
 A query never reads the query video's m features, and a video never retrieves an entry with its
 own video id (MUSIC-AVQA splits by QA pair, so test videos sit in the train bank). With `bind` a
-video of fold f is queried through binder_f, which never trained on it (see binder.py: a binder
+video of fold f is queried through binder_f, which never trained on it (see keys.py: a binder
 that saw the video would hand its missing modality back), so there is one key set per fold.
 
 Bank directory::
@@ -31,31 +31,29 @@ from __future__ import annotations
 
 import hashlib
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import h5py
-import hnswlib
 import numpy as np
 
-from . import artifacts
-from .binder import (
+from .. import artifacts
+from ..config import BankConfig, Modality
+from ..console import console, progress_bar
+from ..errors import UserError
+from ..features import EncoderInfo, FeatureStore
+from .keys import (
     BINDER_CARD, Fetch, KeySpace, binder_file, check_bind_size, fit_bind_space, key_quality, load_binder,
     resolve_key_mode, store_fetch,
 )  # fmt: skip
-from .config import BankConfig, Modality
-from .console import console, progress_bar
-from .errors import UserError
-from .features import EncoderInfo, FeatureStore
+from .search import QUERY_CHUNK, FetchOf, Searcher, build_index, hnsw_recall, load_index, retrieve, rows_by_video
 
 ENTRIES_FILE = "entries.h5"
 NEIGHBOURS_FILE = "neighbours.h5"
 MEDIA = Modality.media()
 DIAGNOSTIC_MAX = 2000  # videos in the key-quality report (N x N similarity matrices)
-QUERY_CHUNK = 2048
-EXACT_BLOCK = 1 << 26  # similarities held at once by exact search (256 MiB of float32)
 _STR = h5py.string_dtype(encoding="utf-8")
 
 
@@ -88,129 +86,6 @@ class Entries:
             return np.concatenate(parts)  # entries are grouped by source (see _bank_entries)
 
         return fetch
-
-
-def rows_by_video(video_ids: Sequence[str]) -> dict[str, np.ndarray]:
-    """video id -> the entry rows holding that video (usually one; a library may repeat it)."""
-    rows: dict[str, list[int]] = {}
-    for row, video in enumerate(video_ids):
-        rows.setdefault(str(video), []).append(row)
-    return {video: np.asarray(r, np.int64) for video, r in rows.items()}
-
-
-# --------------------------------------------------------------------------- search
-
-
-@dataclass
-class Searcher:
-    """Top-k search over the keys of one target modality, never returning the query's own video."""
-
-    keys: np.ndarray  # [E, D] L2-normalised
-    own_rows: dict[str, np.ndarray]
-    index: hnswlib.Index | None = None
-    ef: int = 64
-    threads: int = 1
-    _empty: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # rows of a video not in the bank
-
-    def limit(self) -> int:
-        """The most neighbours every query can get: bank size minus the largest self-exclusion."""
-        most_own = max((len(r) for r in self.own_rows.values()), default=0)
-        return len(self.keys) - most_own
-
-    def own_matrix(self, video_ids: Sequence[str]) -> np.ndarray:
-        """[B, c] the entry rows of each query's own video, padded with -1 (c >= 1)."""
-        own = [self.own_rows.get(str(v), self._empty) for v in video_ids]
-        matrix = np.full((len(own), max([1, *map(len, own)])), -1, np.int64)
-        for i, rows in enumerate(own):
-            matrix[i, : len(rows)] = rows
-        return matrix
-
-    def exact(self, queries: np.ndarray, video_ids: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Brute-force cosine top-k (batched matrix product), ties broken by entry row."""
-        idx = np.zeros((len(queries), k), np.int64)
-        sims = np.zeros((len(queries), k), np.float32)
-        chunk = max(1, min(QUERY_CHUNK, EXACT_BLOCK // max(1, len(self.keys))))
-        for start in range(0, len(queries), chunk):
-            block = queries[start : start + chunk] @ self.keys.T
-            own = self.own_matrix(video_ids[start : start + chunk])
-            rows = np.broadcast_to(np.arange(len(block))[:, None], own.shape)
-            block[rows[own >= 0], own[own >= 0]] = -np.inf
-            if k < block.shape[1]:
-                top = np.argpartition(-block, k - 1, axis=1)[:, :k]
-            else:
-                top = np.tile(np.arange(block.shape[1]), (len(block), 1))
-            top_sims = np.take_along_axis(block, top, axis=1)
-            order = np.lexsort((top, -top_sims), axis=1)
-            idx[start : start + len(block)] = np.take_along_axis(top, order, axis=1)
-            sims[start : start + len(block)] = np.take_along_axis(top_sims, order, axis=1)
-        return idx, sims
-
-    def hnsw(self, queries: np.ndarray, video_ids: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """HNSW top-k: ask for k plus the own entries, drop the own ones (ef >= what is asked)."""
-        own = self.own_matrix(video_ids)
-        asked = min(k + int((own >= 0).sum(axis=1).max(initial=0)), len(self.keys))
-        self.index.set_ef(max(self.ef, asked))
-        labels, distances = self.index.knn_query(queries, k=asked, num_threads=self.threads)
-        labels = labels.astype(np.int64)  # hnswlib returns uint64
-        dropped = (labels[:, :, None] == own[:, None, :]).any(axis=2)
-        first = np.argsort(dropped, axis=1, kind="stable")[:, :k]  # kept results first, in HNSW order
-        idx = np.take_along_axis(labels, first, axis=1)
-        sims = 1.0 - np.take_along_axis(distances, first, axis=1)
-        return idx, sims.astype(np.float32)
-
-    def top(self, queries: np.ndarray, video_ids: Sequence[str], k: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
-        k = min(k, self.limit())
-        if k < 1:
-            raise UserError(f"the bank has {len(self.keys)} entries: too few to retrieve from")
-        return self.exact(queries, video_ids, k) if exact or self.index is None else self.hnsw(queries, video_ids, k)
-
-
-def build_index(keys: np.ndarray, config: BankConfig) -> hnswlib.Index:
-    """hnswlib cosine index; a single-threaded build (the default) is reproducible."""
-    index = hnswlib.Index(space="cosine", dim=keys.shape[1])
-    index.init_index(max_elements=len(keys), M=config.M, ef_construction=config.ef_construction, random_seed=config.seed)
-    index.add_items(keys, np.arange(len(keys)), num_threads=config.threads)
-    index.set_ef(config.ef)
-    return index
-
-
-def load_index(path: Path, dim: int, ef: int) -> hnswlib.Index:
-    """Reload an index with the space and dim it was built with (recorded in meta.json)."""
-    index = hnswlib.Index(space="cosine", dim=dim)
-    index.load_index(str(path))
-    index.set_ef(ef)
-    return index
-
-
-FetchOf = Callable[[list[str]], Fetch]  # video ids -> a Fetch over those videos
-
-
-def retrieve(
-    space: KeySpace, searchers: list[Searcher], fetch_of: FetchOf, video_ids: Sequence[str], m: Modality, k: int, exact: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k entries for videos whose m is missing: each fold's videos in its own key space.
-
-    ``fetch_of(ids)`` gives a :data:`Fetch` over those videos; only m.other() is read from it.
-    """
-    video_ids = list(video_ids)
-    k = min(k, searchers[0].limit())
-    idx, sims = np.zeros((len(video_ids), k), np.int64), np.zeros((len(video_ids), k), np.float32)
-    folds = space.fold_of(video_ids)
-    for f in np.unique(folds):
-        rows = np.flatnonzero(folds == f)
-        ids = [video_ids[r] for r in rows]
-        idx[rows], sims[rows] = searchers[f].top(space.queries(fetch_of(ids), m, f), ids, k, exact)
-    return idx, sims
-
-
-def hnsw_recall(space: KeySpace, searchers: list[Searcher], store: FeatureStore, m: Modality, k: int, samples: int, seed: int) -> float:
-    """Share of the exact top-k that HNSW finds, over ``samples`` random videos of ``store``."""
-    ids = list(np.random.default_rng(seed).permutation(store.video_ids)[:samples])
-    fetch_of = partial(store_fetch, store)
-    found, _ = retrieve(space, searchers, fetch_of, ids, m, k, exact=False)
-    truth, _ = retrieve(space, searchers, fetch_of, ids, m, k, exact=True)
-    hits = [len(np.intersect1d(a, b)) for a, b in zip(found, truth)]
-    return round(float(np.sum(hits) / truth.size), 4)
 
 
 def random_negatives(video_ids: Sequence[str], own_rows: dict[str, np.ndarray], size: int, r: int, seed: int, m: Modality) -> np.ndarray:

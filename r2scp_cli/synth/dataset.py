@@ -1,10 +1,10 @@
 """`r2scp synth`: the built-in dataset, in MUSIC-AVQA's exact format (or AVQA's), with real mp4 clips.
 
 ``run`` samples one scene per video (``scenes.py``), asks about ten questions per scene
-(``synth_questions.py``; ``synth_avqa.py`` for ``--format avqa``), balances yes/no answers per
-template, splits by QA pair (as MUSIC-AVQA) or by video, renders every clip to H.264 + AAC with a pool
-of processes, and writes the annotation files, ``scenes.jsonl`` (the latent facts behind every answer)
-and a README. Every random choice comes from ``numpy`` generators seeded by (seed, video index,
+(``questions.py``; ``avqa.py`` for ``--format avqa``), balances yes/no answers per
+template, splits by QA pair (as MUSIC-AVQA) or by video, renders every clip (``picture.py``,
+``sound.py``) to H.264 + AAC with a pool of processes, and writes the annotation files,
+``scenes.jsonl`` (the latent facts behind every answer) and a README. Every random choice comes from ``numpy`` generators seeded by (seed, video index,
 purpose), so the same arguments give the same bytes whatever the worker count.
 """
 
@@ -20,14 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import artifacts
-from .config import DATASET_FORMATS, SynthConfig
-from .console import console, progress_bar
-from .errors import UserError
-from .media import write_mp4
-from .scenes import INSTRUMENTS, LOUDNESS_DB, P_DUPLICATE, P_OFFSCREEN, Scene, render, sample_scene
-from .synth_avqa import avqa_questions, options
-from .synth_questions import Question, music_avqa_questions
+from .. import artifacts
+from ..config import DATASET_FORMATS, SynthConfig
+from ..console import console, progress_bar
+from ..errors import UserError
+from ..media import AUDIO_RATE, write_mp4
+from .avqa import avqa_questions, options
+from .picture import render_frames
+from .questions import Question, music_avqa_questions
+from .scenes import INSTRUMENTS, LOUDNESS_DB, P_DUPLICATE, P_OFFSCREEN, Scene, sample_scene
+from .sound import render_audio
 
 SPLITS = ("train", "val", "test")
 SPLIT_SHARES = (0.6, 0.15, 0.25)
@@ -214,13 +216,21 @@ def figures(dataset: SynthDataset, records: dict[str, list[dict]]) -> dict:
 # --------------------------------------------------------------------------- media
 
 
+def render(scene: Scene, fps: int, size: int, sample_rate: int = AUDIO_RATE) -> tuple[np.ndarray, np.ndarray]:
+    """Frames uint8 [N, H, W, 3] at ``fps`` and mono float32 audio in [-1, 1], deterministically from
+    the scene's ``render_seed`` (so a clip renders identically in any process and in any order)."""
+    frames = render_frames(scene, fps, size, np.random.default_rng([scene.render_seed, 1]))
+    audio = render_audio(scene, sample_rate, np.random.default_rng([scene.render_seed, 2]))
+    return frames, audio
+
+
 def _render_one(task: tuple[dict, int, int, str]) -> str:
     """Render one scene and write its mp4 atomically (runs in a worker process)."""
     scene_json, fps, size, path = task
     scene = Scene.from_json(scene_json)
-    clip = render(scene, fps, size)
+    frames, audio = render(scene, fps, size)
     with artifacts.atomic_path(Path(path)) as tmp:
-        write_mp4(tmp, clip.frames, fps, clip.audio)
+        write_mp4(tmp, frames, fps, audio)
     return scene.video_id
 
 

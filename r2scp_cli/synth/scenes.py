@@ -1,4 +1,4 @@
-"""Latent scenes of the built-in dataset and their rendering into sound and pictures.
+"""Latent scenes of the built-in dataset: plain data, rendered by sound.py and picture.py.
 
 A scene is a short performance: 1-3 instruments visible at left/middle/right (solos and duets
 dominate, as in MUSIC-AVQA), sometimes an extra instrument that sounds off screen, each player with a
@@ -18,8 +18,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-
-from . import synth_picture, synth_sound
 
 INSTRUMENTS: tuple[str, ...] = (
     "acoustic_guitar", "accordion", "cello", "drum", "flute",
@@ -196,23 +194,3 @@ def sample_scene(video_id: str, seconds: float, rng: np.random.Generator) -> Sce
         clutter=clutter,
         render_seed=int(rng.integers(0, 2**31 - 1)),
     )
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-@dataclass(frozen=True)
-class Clip:
-    """A rendered clip: frames uint8 [N, H, W, 3] at ``fps`` and mono float32 audio in [-1, 1]."""
-
-    frames: np.ndarray
-    audio: np.ndarray
-    fps: int
-    sample_rate: int = 16_000
-
-
-def render(scene: Scene, fps: int, size: int, sample_rate: int = 16_000) -> Clip:
-    """Render a scene to frames and sound, deterministically from its ``render_seed``."""
-    frames = synth_picture.render_frames(scene, fps, size, np.random.default_rng([scene.render_seed, 1]))
-    audio = synth_sound.render_audio(scene, sample_rate, np.random.default_rng([scene.render_seed, 2]))
-    return Clip(frames, audio, fps, sample_rate)

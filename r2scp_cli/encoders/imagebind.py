@@ -5,9 +5,9 @@ The model code comes from a package that provides ImageBind's ``imagebind.models
 PYTHONPATH); r2scp copies none of it. Only ``imagebind/models/imagebind_model.py`` and its siblings
 are imported: the package ``__init__`` imports ``data.py`` (torchaudio, torchvision,
 pytorchvideo), which does not import beside the torch this project pins, so the package is
-registered bare (see model_packages), and timm's two helpers the model files import (``DropPath``,
+registered bare (see wheels.py), and timm's two helpers the model files import (``DropPath``,
 ``trunc_normal_``) are stood in for during that import. The preprocessing ``data.py`` did is
-reimplemented in :mod:`r2scp_cli.preprocess`.
+reimplemented in :mod:`r2scp_cli.encoders.preprocessing`.
 
 Per clip and segment: the segment's frame (short side 224, bicubic, centre crop, CLIP stats) as
 its own 4-D image, and a 2-s audio window centred on the segment (Kaldi fbank, 128 x 204,
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import os
 import types
 from concurrent.futures import ThreadPoolExecutor
@@ -37,17 +38,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from .artifacts import sha256_file
-from .config import ExtractConfig
-from .errors import UserError
-from .features import EncoderInfo
-from .model_packages import (
-    distribution_version, import_bare_package, package_dir, require_modules, stand_in_modules, torch_device,
+from ..artifacts import sha256_file
+from ..config import ExtractConfig
+from ..errors import UserError
+from ..features import EncoderInfo
+from .preprocessing import CLIP_MEAN, CLIP_STD, IMAGEBIND_AUDIO, clip_images, imagebind_audio
+from .wheels import (
+    distribution_version,
+    import_bare_package,
+    package_dir,
+    require_modules,
+    stand_in_modules,
+    torch_device,
 )
-from .preprocess import CLIP_MEAN, CLIP_STD, IMAGEBIND_AUDIO, clip_images, imagebind_audio
 
 if TYPE_CHECKING:
-    from .encoders import Clip
+    from ..media import Clip
 
 NAME = "imagebind"
 VERSION = "1"
@@ -62,6 +68,7 @@ QUESTION_TOKENS = 32  # positions stored per question; the trunk is causal, so t
 IMAGE_SIZE = 224
 FORWARD_BATCH = 64  # images, spectrograms or questions per forward pass
 AUDIO, VISION, TEXT = "audio", "vision", "text"  # ImageBind's modality keys
+CODE_MODULES = ("imagebind", "einops", "ftfy", "regex", "iopath")  # ImageBind's model code and what it imports
 
 
 # --------------------------------------------------------------------------- loading
@@ -79,6 +86,12 @@ def checkpoint_path(config: ExtractConfig) -> Path:
     if not path.is_file():
         raise UserError(f"{path}: ImageBind checkpoint not found")
     return path
+
+
+def missing_parts() -> list[str]:
+    """The model code this installation lacks, one phrase each (empty: only a checkpoint is needed);
+    imports nothing."""
+    return [f"module {name}" for name in CODE_MODULES if importlib.util.find_spec(name) is None]
 
 
 def _timm_stand_ins() -> dict[str, types.ModuleType]:
@@ -115,7 +128,7 @@ def _timm_stand_ins() -> dict[str, types.ModuleType]:
 def load_model_module() -> types.ModuleType:
     """ImageBind's ``imagebind.models.imagebind_model``, imported without the package ``__init__``."""
     folder = package_dir("imagebind", NAME, INSTALL)
-    require_modules(("einops", "ftfy", "regex", "iopath"), NAME, INSTALL)
+    require_modules(CODE_MODULES[1:], NAME, INSTALL)
     with stand_in_modules(_timm_stand_ins()):
         return import_bare_package("imagebind", folder, "models.imagebind_model")
 

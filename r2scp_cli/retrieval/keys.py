@@ -32,11 +32,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import artifacts
-from .config import KEY_MODES, Modality
-from .console import console, progress_bar
-from .errors import UserError
-from .features import EncoderInfo, FeatureStore
+from .. import artifacts
+from ..config import KEY_MODES, Modality
+from ..console import console, progress_bar
+from ..errors import UserError
+from ..features import EncoderInfo, FeatureStore
 
 MEDIA = (Modality.AUDIO.value, Modality.VISUAL.value)
 EVAL_MAX = 2000  # held-out videos scored at each early-stopping check

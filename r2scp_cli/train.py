@@ -147,17 +147,21 @@ def stage_one_loss(model: R2ScP, batch: dict, out: dict, lambda_rank: float, mar
             rows = rec["rows"]
             truth = answer[rows]
             options = batch["options"][rows] if "options" in batch else None
-            no_confidence = r["q_global"].new_zeros(len(rows), 2)
+            # The three passes differ only in the recovered tokens (DESIGN section 6): the same "recovered"
+            # flag, the same confidence inputs (the retrieved fill's) and, for the random fill, the same
+            # CMR weights. With flag 0 and confidence 0 for real tokens, flag 1 and confidence 1 for random
+            # ones, the expert could order the three scores from the side channels alone.
+            confidence = r["confidence"].detach()
             real = model.projection[m](rec["real"])
-            s_real = model.expert_score(m, real, r["q_global"], 0.0, no_confidence, truth, options)
+            s_real = model.expert_score(m, real, r["q_global"], 1.0, confidence, truth, options)
             # The main pass already ran expert m on these rows' retrieved fill: reuse its score.
             log_probs = torch.log_softmax(out["expert_logits"][m][rows], dim=-1)
             s_retrieved = log_probs.gather(1, truth[:, None]).squeeze(1)
-            h_random, conf_random, _ = model.recover(
+            h_random, _, _ = model.recover(
                 m, rec, r["available"], r["q_tokens"], r["q_pad"], r["q_global"],
-                candidates=rec["negatives"], sims=torch.zeros_like(rec["sims"]),
+                candidates=rec["negatives"], sims=rec["sims"],
             )
-            s_random = model.expert_score(m, h_random, r["q_global"], 1.0, conf_random, truth, options)
+            s_random = model.expert_score(m, h_random, r["q_global"], 1.0, confidence, truth, options)
             loss = loss + lambda_rank * ranking_loss(s_real, s_retrieved, s_random, margin)
     return loss
 

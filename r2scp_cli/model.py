@@ -28,6 +28,7 @@ MEDIA = ("audio", "visual")
 EXPERTS = ("audio", "visual", "text")
 MISSING_CODES = {"none": 0, "audio": 1, "visual": 2, "text": 3}
 OTHER = {"audio": "visual", "visual": "audio"}
+LAYER_SCALE = 0.1  # initial weight of CAP's attention updates on the pool tokens (CaiT's LayerScale)
 
 
 @dataclass(frozen=True)
@@ -89,18 +90,17 @@ class InputProjection(nn.Module):
 
 
 class CrossModalRetrieval(nn.Module):
-    """CMR: blend the n retrieved candidates by their similarities; keep every candidate token."""
+    """CMR: blend the n retrieved candidates by their similarities."""
 
     def __init__(self, tau: float = 0.1):
         super().__init__()
         self.log_tau = nn.Parameter(torch.tensor(math.log(tau)))
 
     def forward(self, candidates: torch.Tensor, sims: torch.Tensor):
-        """candidates [B, n, T, d], sims [B, n] -> H_miss [B, T, d], pool [B, n*T, d], weights [B, n]."""
+        """candidates [B, n, T, d], sims [B, n] -> H_miss [B, T, d], weights [B, n]."""
         weights = torch.softmax(sims / self.log_tau.exp(), dim=-1)
         h_miss = torch.einsum("bn,bntd->btd", weights, candidates)
-        pool = candidates.flatten(1, 2)
-        return h_miss, pool, weights
+        return h_miss, weights
 
 
 class ContextAwarePurification(nn.Module):
@@ -111,10 +111,13 @@ class ContextAwarePurification(nn.Module):
         self.k = k
         self.w_proj = nn.Linear(d, d, bias=False)
         self.anchor_norm = nn.LayerNorm(d)
-        self.cross_attention = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
         self.cross_norm = nn.LayerNorm(d)
-        self.self_attention = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.cross_attention = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.cross_scale = nn.Parameter(torch.full((d,), LAYER_SCALE))
         self.self_norm = nn.LayerNorm(d)
+        self.self_attention = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.self_scale = nn.Parameter(torch.full((d,), LAYER_SCALE))
+        self.relevance_norm = nn.LayerNorm(d)
         self.relevance_query = nn.Linear(d, d)
         self.relevance_key = nn.Linear(d, d)
 
@@ -129,12 +132,19 @@ class ContextAwarePurification(nn.Module):
 
     def acquire(self, pool: torch.Tensor, q_tokens: torch.Tensor, q_pad: torch.Tensor, q_global: torch.Tensor):
         """Step 2. Pool tokens attend to the question, then to each other -> H_guided; the question's
-        attention over H_guided gives each pool token a relevance; Omega_salient = top-k relevance."""
-        attended, _ = self.cross_attention(pool, q_tokens, q_tokens, key_padding_mask=q_pad, need_weights=False)
-        x = self.cross_norm(pool + attended)
-        mixed, _ = self.self_attention(x, x, x, need_weights=False)
-        h_guided = self.self_norm(x + mixed)  # [B, P, d]
-        scores = torch.einsum("bd,bpd->bp", self.relevance_query(q_global), self.relevance_key(h_guided))
+        attention over H_guided gives each pool token a relevance; Omega_salient = top-k relevance.
+
+        The attention blocks are pre-norm residuals with learned per-channel scales (LayerScale), so
+        H_guided stays in the scale of the pool's projected tokens, the scale of the H_miss it is
+        injected into. (A LayerNorm-ed H_guided put tokens of norm sqrt(d) among tokens of any other norm.)"""
+        normed = self.cross_norm(pool)
+        attended, _ = self.cross_attention(normed, q_tokens, q_tokens, key_padding_mask=q_pad, need_weights=False)
+        x = pool + self.cross_scale * attended
+        normed = self.self_norm(x)
+        mixed, _ = self.self_attention(normed, normed, normed, need_weights=False)
+        h_guided = x + self.self_scale * mixed  # [B, P, d]
+        keys = self.relevance_key(self.relevance_norm(h_guided))
+        scores = torch.einsum("bd,bpd->bp", self.relevance_query(q_global), keys)
         relevance = torch.softmax(scores / math.sqrt(h_guided.shape[-1]), dim=-1)  # [B, P]
         omega_salient = relevance.topk(self.k, dim=-1).indices  # [B, k], most relevant first
         return h_guided, relevance, omega_salient
@@ -147,9 +157,8 @@ class ContextAwarePurification(nn.Module):
         gathered = h_guided.gather(1, omega_salient[..., None].expand(-1, -1, d))  # [B, k, d]
         # Values unchanged; gradients reach the relevance and consistency scores through the choice.
         gate = straight_through(relevance.gather(1, omega_salient)) * straight_through(delta.gather(1, omega_noise))
-        injected = h_miss.scatter(1, omega_noise[..., None].expand(-1, -1, d), gathered * gate[..., None])
-        m_noise = torch.zeros_like(delta).scatter(1, omega_noise, 1.0)[..., None]  # [B, T, 1]
-        return (1.0 - m_noise) * h_miss + m_noise * injected
+        # Writing the gathered tokens at Omega_noise is the formula: (1 - M_noise) keeps every other position.
+        return h_miss.scatter(1, omega_noise[..., None].expand(-1, -1, d), gathered * gate[..., None])
 
     def forward(self, h_miss, pool, available, q_tokens, q_pad, q_global):
         delta, omega_noise = self.identify_noise(h_miss, available, q_global)
@@ -309,9 +318,10 @@ class R2ScP(nn.Module):
             candidates = rec["candidates"] if candidates is None else candidates
             sims = rec["sims"] if sims is None else sims
             projected = self.projection[m](candidates)  # [B', n, T, d]
-            h_miss, pool, weights = self.cmr[m](projected, sims)
+            h_miss, weights = self.cmr[m](projected, sims)
             entropy = -(weights * weights.clamp_min(1e-9).log()).sum(-1) / math.log(max(weights.shape[-1], 2))
             confidence = torch.stack([sims.mean(-1), entropy], dim=-1)
+            pool = projected.flatten(1, 2) if cfg.purifies else None  # P: all n*T candidate tokens
         else:  # cap alone: the modality's mean tokens, and k-means prototypes as the pool
             h_miss = self.projection[m](getattr(self, f"mean_{m}")).expand(rows, -1, -1)
             pool = self.projection[m](getattr(self, f"prototypes_{m}")).expand(rows, -1, -1)

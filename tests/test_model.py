@@ -95,7 +95,7 @@ def test_injected_tokens_are_the_most_question_relevant_pool_tokens(cap):
     module, x = cap
     with torch.no_grad():
         h_pur, info = module(**x)
-        scores = torch.einsum("bd,bpd->bp", module.relevance_query(x["q_global"]), module.relevance_key(info["h_guided"]))
+        scores = torch.einsum("bd,bpd->bp", module.relevance_query(x["q_global"]), module.relevance_key(module.relevance_norm(info["h_guided"])))
         relevance = torch.softmax(scores / math.sqrt(D), -1)
     torch.testing.assert_close(info["relevance"], relevance)
     k = math.ceil(0.25 * T)
@@ -104,6 +104,20 @@ def test_injected_tokens_are_the_most_question_relevant_pool_tokens(cap):
         assert info["omega_salient"][b].tolist() == salient.tolist()
         for i in range(k):  # the i-th noisiest position holds the i-th most relevant guided token
             torch.testing.assert_close(h_pur[b, info["omega_noise"][b, i]], info["h_guided"][b, salient[i]])
+
+
+@pytest.mark.parametrize("scale", [0.1, 10.0])
+def test_injected_tokens_share_the_scale_of_the_tokens_they_join(cap, scale):
+    """H_guided stays in the scale of the projected tokens (pre-norm residuals), so the injected tokens
+    are neither tiny nor huge next to H_miss whatever that scale is (a LayerNorm-ed H_guided had norm
+    sqrt(d) among tokens of norm 10 * sqrt(d))."""
+    module, x = cap
+    x = {**x, "h_miss": x["h_miss"] * scale, "pool": x["pool"] * scale}
+    with torch.no_grad():
+        h_pur, info = module(**x)
+    injected = torch.zeros(3, T, dtype=torch.bool).scatter(1, info["omega_noise"], True)
+    ratio = h_pur[injected].norm(dim=-1).mean() / h_pur[~injected].norm(dim=-1).mean()
+    assert 0.5 < ratio.item() < 2.0
 
 
 @pytest.mark.parametrize("options", [False, True])

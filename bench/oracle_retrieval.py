@@ -44,7 +44,7 @@ def scene_sets(data: Path) -> dict[str, dict[str, frozenset]]:
 
 def oracle_lists(bank: Bank, sets: dict, query_ids: list[str], modality: str, n: int, seed: int):
     """Top-n entries by Jaccard similarity of the scene sets (random order among ties), own video out."""
-    entries = bank.entry_video_ids(modality)
+    entries = bank.entry_video_ids()
     rng = np.random.default_rng(seed)
     index = np.zeros((len(query_ids), n), np.int64)
     sims = np.zeros((len(query_ids), n), np.float32)
@@ -81,7 +81,7 @@ def match_rate(bank_dir: Path, data: Path, modality: str, n: int = 5) -> float:
     with h5py.File(bank_dir / bank_stage.NEIGHBOURS_FILE, "r") as h5:
         query_ids = list(h5["video_id"].asstr()[()])
     index, _ = bank.neighbours(query_ids, modality)
-    entries = bank.entry_video_ids(modality)
+    entries = bank.entry_video_ids()
     hits = [sets[entries[j]][modality] == sets[q][modality] for q, row in zip(query_ids, index) for j in row[:n]]
     return float(np.mean(hits))
 

@@ -37,7 +37,7 @@ def facts(scene, m: Modality) -> frozenset:
 def match_shares(memory: bank.Bank, query_ids: list[str], truth: dict[str, frozenset], m: Modality) -> dict:
     """Share of matching neighbours at top-1 and over the whole list, and the random expectation."""
     idx, _ = memory.neighbours(query_ids, m)
-    entries = memory.entry_video_ids(m)
+    entries = memory.entry_video_ids()
     match = np.array([[truth[entries[j]] == truth[v] for j in row] for v, row in zip(query_ids, idx)])
     counts = Counter(truth[e] for e in entries)
     in_bank = Counter(entries)

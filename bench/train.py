@@ -44,7 +44,7 @@ def bench_method(recovery: str, features: Path, bank_dir: Path) -> dict:
     config = TrainExpertsConfig(features, bank_dir, Path("/tmp/unused"), recovery=recovery, d_model=96)
     data = open_data(features, bank_dir)
     torch.manual_seed(0)
-    model = R2ScP(model_config_for(data.store, config))
+    model = R2ScP(model_config_for(data.store, config, len(set(data.splits["train"].video_ids))))
     fit_input_statistics(model, data)
     if recovery == "cap":
         fit_cap_priors(model, data, 0)

@@ -114,7 +114,7 @@ class BankConfig(StageConfig):
     ef: int = 64
     exact: bool = False
     check_recall: int = 1000  # queries sampled to compare HNSW with exact search
-    negatives: int = 16  # random bank entries stored per video for the ranking loss
+    negatives: int = 16  # random bank entries stored per video for the ranking loss (at least `neighbours`)
     threads: int = 1  # HNSW build threads (1 = reproducible)
     seed: int = 0
 

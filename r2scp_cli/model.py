@@ -62,6 +62,11 @@ class ModelConfig:
     def purifies(self) -> bool:
         return self.recovery in ("cap", "cmr+cap")
 
+    @property
+    def reads_context(self) -> bool:
+        """Recovery reads the available modality and the question (CAP's anchor, the generator's address)."""
+        return self.recovery in ("generative", "cap", "cmr+cap")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -261,14 +266,26 @@ def ranking_loss(s_real, s_retrieved, s_random, margin: float) -> torch.Tensor:
 
 
 class R2ScP(nn.Module):
-    """Input projections, recovery (CMR, CAP, or a baseline), three experts, router and routed head."""
+    """Input projections, recovery (CMR, CAP, or a baseline), three experts, router and routed head.
+
+    Stage 1 pre-trains the experts independently (DESIGN section 6): every parameter belongs to one
+    expert's path. Expert m owns its input projection, its own projection of the question's global
+    vector, and, for a media m, its recovery module together with the projections of the context that
+    recovery reads (the available modality and the question tokens), so no parameter receives
+    gradient from two experts' losses.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         d, dims = cfg.d_model, cfg.dims
         self.projection = nn.ModuleDict({m: InputProjection(dims[m], d) for m in EXPERTS})
-        self.question_projection = InputProjection(dims["text_global"], d)
+        self.question_projection = nn.ModuleDict({m: InputProjection(dims["text_global"], d) for m in EXPERTS})
+        if cfg.reads_context:  # what recovering m reads of the sample: the other modality and the question
+            self.context_projection = nn.ModuleDict({
+                m: nn.ModuleDict({"available": InputProjection(dims[OTHER[m]], d), "text": InputProjection(dims["text"], d)})
+                for m in MEDIA
+            })  # fmt: skip
         if cfg.retrieves:
             self.cmr = nn.ModuleDict({m: CrossModalRetrieval() for m in MEDIA})
         if cfg.purifies:
@@ -301,18 +318,38 @@ class R2ScP(nn.Module):
         stage_two = {id(p) for module in self.stage_two_modules() for p in module.parameters()}
         return [p for p in self.parameters() if id(p) not in stage_two]
 
+    def input_projections(self) -> list[tuple[InputProjection, str]]:
+        """Every input projection with the raw input it standardises (audio, visual, text, text_global)."""
+        pairs = [(self.projection[m], m) for m in EXPERTS]
+        pairs += [(self.question_projection[m], "text_global") for m in EXPERTS]
+        if self.cfg.reads_context:
+            for m in MEDIA:
+                pairs += [(self.context_projection[m]["available"], OTHER[m]), (self.context_projection[m]["text"], "text")]
+        return pairs
+
     # -- recovery
-    def recover(self, m: str, rec: dict, available, q_tokens, q_pad, q_global, candidates=None, sims=None):
+    def recovery_context(self, m: str, batch: dict, rows: torch.Tensor, text_present: torch.Tensor) -> dict:
+        """What recovering m may read of the rows that miss it, projected by m's own projections:
+        the available modality's tokens, the question tokens and padding, the question's global vector."""
+        context = {"q_pad": ~batch["q_mask"][rows],
+                   "q_global": self.question_projection[m](batch["q_global"][rows]) * text_present[rows, None]}  # fmt: skip
+        if self.cfg.reads_context:
+            projections = self.context_projection[m]
+            context["available"] = projections["available"](batch[OTHER[m]][rows])
+            context["q_tokens"] = projections["text"](batch["q_tokens"][rows]) * text_present[rows, None, None]
+        return context
+
+    def recover(self, m: str, rec: dict, context: dict, candidates=None, sims=None):
         """Recovered tokens [B', T, d] for the rows of ``rec`` that miss ``m``, their confidence [B', 2],
         and the generative baseline's pseudo raw tokens (or None)."""
         cfg = self.cfg
-        rows = available.shape[0]
-        confidence = available.new_zeros(rows, 2)
-        generated = None
+        q_global = context["q_global"]
+        rows = q_global.shape[0]
+        confidence = q_global.new_zeros(rows, 2)
         if cfg.recovery == "zero":
-            return available.new_zeros(rows, cfg.segments, cfg.d_model), confidence, None
+            return q_global.new_zeros(rows, cfg.segments, cfg.d_model), confidence, None
         if cfg.recovery == "generative":
-            generated = self.generator[m](available, q_global)
+            generated = self.generator[m](context["available"], q_global)
             return self.projection[m].linear(generated), confidence, generated
         if cfg.retrieves:
             candidates = rec["candidates"] if candidates is None else candidates
@@ -326,8 +363,8 @@ class R2ScP(nn.Module):
             h_miss = self.projection[m](getattr(self, f"mean_{m}")).expand(rows, -1, -1)
             pool = self.projection[m](getattr(self, f"prototypes_{m}")).expand(rows, -1, -1)
         if cfg.purifies:
-            h_miss, _ = self.cap[m](h_miss, pool, [available], q_tokens, q_pad, q_global)
-        return h_miss, confidence, generated
+            h_miss, _ = self.cap[m](h_miss, pool, [context["available"]], context["q_tokens"], context["q_pad"], q_global)
+        return h_miss, confidence, None
 
     # -- forward
     def forward(self, batch: dict, route: bool = True) -> dict:
@@ -336,8 +373,9 @@ class R2ScP(nn.Module):
         B = missing.shape[0]
         q_pad = ~batch["q_mask"]
         text_missing = missing == MISSING_CODES["text"]
-        q_tokens = self.projection["text"](batch["q_tokens"]) * (~text_missing)[:, None, None]
-        q_global = self.question_projection(batch["q_global"]) * (~text_missing)[:, None]
+        text_present = (~text_missing).float()
+        q_global = {m: self.question_projection[m](batch["q_global"]) * text_present[:, None] for m in EXPERTS}
+        q_tokens = self.projection["text"](batch["q_tokens"]) * text_present[:, None, None]
         tokens = {m: self.projection[m](batch[m]) for m in MEDIA}
         flags = torch.zeros(B, 3, device=missing.device)
         flags[:, 2] = text_missing.float()
@@ -346,18 +384,17 @@ class R2ScP(nn.Module):
         for m, rec in batch.get("recover", {}).items():
             rows = rec["rows"]
             # A sample misses at most one media modality, so the other one is real for these rows.
-            context = {"available": tokens[OTHER[m]][rows], "q_tokens": q_tokens[rows],
-                       "q_pad": q_pad[rows], "q_global": q_global[rows]}  # fmt: skip
-            h_rec, conf, generated = self.recover(m, rec, **context)
+            context = self.recovery_context(m, batch, rows, text_present)
+            h_rec, conf, generated = self.recover(m, rec, context)
             tokens[m] = tokens[m].index_put((rows,), h_rec)
             confidence[m] = confidence[m].index_put((rows,), conf)
             flags[rows, MEDIA.index(m)] = 1.0
-            out["recovery"][m] = {"h": h_rec, "confidence": conf, "generated": generated, **context}
+            out["recovery"][m] = {"h": h_rec, "confidence": conf, "generated": generated, "context": context}
         h = {
-            m: self.experts[m](tokens[m], q_global, flags[:, i], confidence[m])
+            m: self.experts[m](tokens[m], q_global[m], flags[:, i], confidence[m])
             for i, m in enumerate(MEDIA)
         }
-        h["text"] = self.experts["text"](q_tokens, q_global, flags[:, 2], q_tokens.new_zeros(B, 2), pad=q_pad)
+        h["text"] = self.experts["text"](q_tokens, q_global["text"], flags[:, 2], q_tokens.new_zeros(B, 2), pad=q_pad)
         options = batch.get("options")
         out["expert_logits"] = {m: self.experts[m].head(h[m], options) for m in EXPERTS}
         out["flags"] = flags

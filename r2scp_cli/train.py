@@ -8,6 +8,7 @@ for ``--resume``), ``log.jsonl`` and ``meta.json`` (written last).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -70,9 +71,9 @@ def open_data(features: Path, bank_dir: Path, split_names=("train", "val")) -> R
     return RunData(store, bank, VideoTokens(store, needed), splits)
 
 
-def model_config_for(store: FeatureStore, cfg: TrainExpertsConfig) -> ModelConfig:
+def model_config_for(store: FeatureStore, cfg: TrainExpertsConfig, train_videos: int) -> ModelConfig:
     info = store.info
-    return ModelConfig(
+    model_config = ModelConfig(
         dims={k: info.dims[k] for k in ("audio", "visual", "text", "text_global")},
         segments=info.segments,
         question_tokens=info.question_tokens,
@@ -83,19 +84,24 @@ def model_config_for(store: FeatureStore, cfg: TrainExpertsConfig) -> ModelConfi
         rho=cfg.rho,
         d_model=cfg.d_model,
     )
+    if cfg.recovery == "cap":  # the prototype pool must hold k tokens, and k-means needs as many training tokens
+        tokens = train_videos * info.segments
+        pool = min(max(model_config.prototypes, model_config.k), tokens)
+        model_config = dataclasses.replace(model_config, prototypes=pool)
+    return model_config
 
 
 def fit_input_statistics(model: R2ScP, data: RunData) -> None:
-    """Per-feature mean and std of the training split's tokens, for the input projections."""
+    """Per-feature mean and std of the training split's inputs, for every input projection."""
     train_split = data.splits["train"]
     train_videos = sorted(set(train_split.video_ids))
     samples = {m: torch.from_numpy(data.videos.get(train_videos, m)).flatten(0, 1) for m in MEDIA}
     samples["text"] = train_split.q_tokens[train_split.q_mask]
-    for name, x in samples.items():
-        model.projection[name].mean.copy_(x.mean(0))
-        model.projection[name].std.copy_(x.std(0).clamp_min(1e-3))
-    model.question_projection.mean.copy_(train_split.q_global.mean(0))
-    model.question_projection.std.copy_(train_split.q_global.std(0).clamp_min(1e-3))
+    samples["text_global"] = train_split.q_global
+    statistics = {name: (x.mean(0), x.std(0).clamp_min(1e-3)) for name, x in samples.items()}
+    for projection, source in model.input_projections():
+        projection.mean.copy_(statistics[source][0])
+        projection.std.copy_(statistics[source][1])
 
 
 def fit_cap_priors(model: R2ScP, data: RunData, seed: int) -> None:
@@ -134,15 +140,16 @@ def validate(model, data: RunData, stage: int, batch_size: int, device: str) -> 
 # --------------------------------------------------------------------------- losses
 
 
-def stage_one_loss(model: R2ScP, batch: dict, out: dict, lambda_rank: float, margin: float) -> torch.Tensor:
-    """Sum of the experts' cross-entropies, + lambda * ranking loss for retrieved fills,
-    + MSE of the generative baseline's pseudo tokens to the real ones."""
+def expert_losses(model: R2ScP, batch: dict, out: dict, lambda_rank: float, margin: float) -> dict[str, torch.Tensor]:
+    """Each expert's own stage-1 loss: its cross-entropy, + lambda * the ranking loss of its retrieved
+    fills, + the MSE of the generative baseline's pseudo tokens to the real ones. The experts are
+    pre-trained independently: every parameter receives gradient from one of these losses only."""
     answer = batch["answer"]
-    loss = sum(F.cross_entropy(out["expert_logits"][m], answer) for m in EXPERTS)
+    losses = {m: F.cross_entropy(out["expert_logits"][m], answer) for m in EXPERTS}
     for m, rec in batch["recover"].items():
         r = out["recovery"][m]
         if r["generated"] is not None:
-            loss = loss + F.mse_loss(r["generated"], model.projection[m].standardise(rec["real"]))
+            losses[m] = losses[m] + F.mse_loss(r["generated"], model.projection[m].standardise(rec["real"]))
         if model.cfg.retrieves and lambda_rank > 0:
             rows = rec["rows"]
             truth = answer[rows]
@@ -152,18 +159,21 @@ def stage_one_loss(model: R2ScP, batch: dict, out: dict, lambda_rank: float, mar
             # CMR weights. With flag 0 and confidence 0 for real tokens, flag 1 and confidence 1 for random
             # ones, the expert could order the three scores from the side channels alone.
             confidence = r["confidence"].detach()
+            q_global = r["context"]["q_global"]
             real = model.projection[m](rec["real"])
-            s_real = model.expert_score(m, real, r["q_global"], 1.0, confidence, truth, options)
+            s_real = model.expert_score(m, real, q_global, 1.0, confidence, truth, options)
             # The main pass already ran expert m on these rows' retrieved fill: reuse its score.
             log_probs = torch.log_softmax(out["expert_logits"][m][rows], dim=-1)
             s_retrieved = log_probs.gather(1, truth[:, None]).squeeze(1)
-            h_random, _, _ = model.recover(
-                m, rec, r["available"], r["q_tokens"], r["q_pad"], r["q_global"],
-                candidates=rec["negatives"], sims=rec["sims"],
-            )
-            s_random = model.expert_score(m, h_random, r["q_global"], 1.0, confidence, truth, options)
-            loss = loss + lambda_rank * ranking_loss(s_real, s_retrieved, s_random, margin)
-    return loss
+            h_random, _, _ = model.recover(m, rec, r["context"], candidates=rec["negatives"], sims=rec["sims"])
+            s_random = model.expert_score(m, h_random, q_global, 1.0, confidence, truth, options)
+            losses[m] = losses[m] + lambda_rank * ranking_loss(s_real, s_retrieved, s_random, margin)
+    return losses
+
+
+def stage_one_loss(model: R2ScP, batch: dict, out: dict, lambda_rank: float, margin: float) -> torch.Tensor:
+    """The sum of the experts' own losses."""
+    return sum(expert_losses(model, batch, out, lambda_rank, margin).values())
 
 
 # --------------------------------------------------------------------------- the loop
@@ -280,23 +290,32 @@ def check_training_config(config) -> None:
         raise UserError(f"--rho {config.rho}: must lie in (0, 1]")
 
 
+def check_bank_lists(config: TrainExpertsConfig, bank_meta: dict) -> None:
+    """Retrieval gathers n neighbours per missing modality and, in training, n random negatives for the
+    ranking loss: the bank must store at least n of each (checked before anything is written)."""
+    if config.recovery not in ("cmr", "cmr+cap"):
+        return
+    figures = bank_meta["figures"]
+    for what, stored in (("neighbours", figures["neighbours"]), ("random negatives", figures["negatives"])):
+        if config.n > stored:
+            raise UserError(f"--n {config.n}: the bank {config.bank} stores only {stored} {what} per video; "
+                            f"lower --n or rebuild the bank with --neighbours {config.n}")  # fmt: skip
+
+
 def run_experts(config: TrainExpertsConfig, force: bool = False, resume: bool = False) -> Path:
     """Stage 1: the experts, their heads and the recovery modules, with simulated missing modalities."""
     check_training_config(config)
     inputs = {"features": config.features, "bank": config.bank}
     artifacts.require(config.features, "extract")
-    artifacts.require(config.bank, "build-bank")
+    check_bank_lists(config, artifacts.require(config.bank, "build-bank"))
     run = artifacts.begin("train-experts", config.out, config, inputs, force=force)
     if run.finished:
         console.print(f"{config.out}: already trained on the same inputs (use --force to redo)")
         return config.out
     limit_cpu_threads(config.device)
     data = open_data(config.features, config.bank)
-    stored = data.bank.neighbours(data.splits["train"].video_ids[:1], "audio")[0].shape[1]
-    if config.recovery in ("cmr", "cmr+cap") and config.n > stored:
-        raise UserError(f"--n {config.n}: the bank stores only {stored} neighbours per video")
     torch.manual_seed(config.seed)
-    model = R2ScP(model_config_for(data.store, config))
+    model = R2ScP(model_config_for(data.store, config, len(set(data.splits["train"].video_ids))))
     fit_input_statistics(model, data)
     if config.recovery == "cap":
         fit_cap_priors(model, data, config.seed)

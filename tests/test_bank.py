@@ -41,7 +41,7 @@ def _class_match(bank: Bank, scenes: dict, m: Modality) -> float:
     """Share of neighbours whose planted class equals the query's."""
     ids = sorted(scenes)
     idx, _ = bank.neighbours(ids, m)
-    entry_ids = bank.entry_video_ids(m)
+    entry_ids = bank.entry_video_ids()
     return float(np.mean([[scenes[entry_ids[j]]["class"] == scenes[v]["class"] for j in row] for v, row in zip(ids, idx)]))
 
 
@@ -76,7 +76,7 @@ def test_no_list_holds_the_own_video_even_when_a_library_repeats_it(planted, tmp
     with FeatureStore(planted) as store:
         ids = store.video_ids
     for m in MEDIA:
-        entry_ids = np.asarray(bank.entry_video_ids(m))
+        entry_ids = np.asarray(bank.entry_video_ids())
         assert len(entry_ids) > len(set(entry_ids))  # some videos are in the bank twice
         idx, sims = bank.neighbours(ids, m)
         assert idx.shape == (len(ids), 16)
@@ -96,7 +96,7 @@ def test_exact_lists_equal_brute_force_cosine(planted, tmp_path, monkeypatch):
     with FeatureStore(planted) as store:
         ids = store.video_ids
         for m in MEDIA:
-            entry_ids = bank.entry_video_ids(m)
+            entry_ids = bank.entry_video_ids()
             keys = store.stack_globals(entry_ids, m.other())  # paired: entries keyed by the available modality
             queries = store.stack_globals(ids, m.other())
             sims = queries @ keys.T
@@ -153,14 +153,15 @@ def test_bind_keys_beat_paired_keys_and_chance(planted, paired_bank, bind_bank):
     scenes = planted_scenes(planted)
     for m in MEDIA:
         b, p = bind[m.value]["key_quality"], paired[m.value]["key_quality"]
-        # Measured on this fixture (seeds 1, 5, 9): bind recall@10 0.52-0.58 (chance 0.14-0.15), each video
-        # scored by the binder that never trained on it; paired (the encoder's unaligned globals) 0.02-0.06
-        # (chance 0.05).
-        assert b["recall@10"] >= b["chance@10"] + 0.25
-        assert b["recall@10"] >= p["recall@10"] + 0.35
+        # Measured on this fixture (seeds 1, 5, 9): bind recall@10 0.32-0.45 (chance 0.14-0.15), each video
+        # scored by the binder that neither trained nor early-stopped on it (0.52-0.58 while binders
+        # stopped on the videos they were scored on: that share was selection); paired (the encoder's
+        # unaligned globals) 0.02-0.06 (chance 0.05).
+        assert b["recall@10"] >= b["chance@10"] + 0.15
+        assert b["recall@10"] >= p["recall@10"] + 0.25
         assert p["recall@10"] <= p["chance@10"] + 0.1
-        # Neighbours share the planted class: measured bind 0.65-0.73, paired 0.17-0.19 (chance 1/6).
-        assert _class_match(Bank.open(bind_bank), scenes, m) >= _class_match(Bank.open(paired_bank), scenes, m) + 0.35
+        # Neighbours share the planted class: measured bind 0.45-0.65, paired 0.17-0.19 (chance 1/6).
+        assert _class_match(Bank.open(bind_bank), scenes, m) >= _class_match(Bank.open(paired_bank), scenes, m) + 0.25
     assert bind["binder"]["folds"] == 3 and bind["audio"]["key_quality"]["folds"] == 3
     # The gap that cross-fitting closes: binders recall the pairs they trained on far better.
     assert bind["binder"]["trained_videos_recall@10_visual_to_audio"] >= bind["audio"]["key_quality"]["recall@10"] + 0.2
@@ -181,7 +182,7 @@ def test_bind_queries_a_video_only_through_a_binder_that_never_trained_on_it(tmp
     out = run(BankConfig(features, tmp_path / "bank", keys="bind", exact=True, neighbours=5))
     bank = Bank.open(out)
     binders = [load_binder(out / f"binder_{f}.pt") for f in range(3)]
-    entry_ids = bank.entry_video_ids(Modality.AUDIO)
+    entry_ids = bank.entry_video_ids()
     with FeatureStore(features) as store:
         ids = store.video_ids
         folds = fold_of(ids, 3)
@@ -195,6 +196,28 @@ def test_bind_queries_a_video_only_through_a_binder_that_never_trained_on_it(tmp
             sims = queries @ binder.embed(entry_audio, Modality.AUDIO).T
             sims[np.asarray(group)[:, None] == np.asarray(entry_ids)[None, :]] = -np.inf
             np.testing.assert_array_equal(bank.neighbours(group, Modality.AUDIO)[0], np.argsort(-sims, axis=1)[:, :5])
+
+
+def test_binder_stops_on_videos_it_neither_trains_on_nor_is_queried_with(tmp_path, monkeypatch):
+    """Early stopping must not look at the videos later queried through the binder (DESIGN section 5)."""
+    features = make_features(tmp_path / "f.h5", n_videos=60, seed=6)
+    calls = []
+
+    def spy(train, held_out, *args, **kwargs):
+        calls.append(({row.tobytes() for row in train["audio"]}, {row.tobytes() for row in held_out["audio"]}))
+        return real_train_binder(train, held_out, *args, **kwargs)
+
+    real_train_binder = keys_module.train_binder
+    monkeypatch.setattr(keys_module, "train_binder", spy)
+    run(BankConfig(features, tmp_path / "bank", keys="bind", exact=True, neighbours=5))
+    assert len(calls) == 3
+    with FeatureStore(features) as store:
+        folds = fold_of(store.video_ids, 3)
+        for f, (trained, stopped) in enumerate(calls):
+            queried = {store.tokens(v, Modality.AUDIO).astype(np.float32).tobytes()
+                       for v, g in zip(store.video_ids, folds) if g == f}  # fmt: skip
+            assert len(stopped) >= 5
+            assert not stopped & queried and not stopped & trained
 
 
 @pytest.mark.parametrize("keys", ["paired", "bind"])
@@ -254,11 +277,11 @@ def test_bank_api_values_gather_and_small_bank_clamping(tmp_path):
     assert figures["neighbours"] == entries - 1 and figures["negatives"] == entries - 1
     with FeatureStore(features) as store:
         ids = store.video_ids
-        assert bank.entry_video_ids(Modality.AUDIO) == store.videos_of(["val"])
+        assert bank.entry_video_ids() == store.videos_of(["val"])
         for m in MEDIA:
             values = bank.values(m)
             assert values.shape == (entries, 4, store.info.dims[m.value]) and values.dtype == np.float32
-            np.testing.assert_array_equal(values, store.stack_tokens(bank.entry_video_ids(m), m))
+            np.testing.assert_array_equal(values, store.stack_tokens(bank.entry_video_ids(), m))
             idx, _ = bank.neighbours(ids, m)
             gathered = bank.gather(m, idx)
             assert gathered.shape == (len(ids), entries - 1, 4, store.info.dims[m.value])

@@ -7,14 +7,17 @@ import torch
 import torch.nn.functional as F
 
 from r2scp_cli.model import (
+    EXPERTS,
     MISSING_CODES,
     ContextAwarePurification,
+    CrossModalRetrieval,
+    Expert,
     GenerativeRecovery,
     ModelConfig,
     R2ScP,
     ranking_loss,
 )
-from r2scp_cli.train import stage_one_loss
+from r2scp_cli.train import expert_losses, stage_one_loss
 
 T, L, N_CAND, D = 8, 6, 5, 32
 DIMS = {"audio": 12, "visual": 10, "text": 9, "text_global": 7}
@@ -205,6 +208,73 @@ def test_main_pass_score_of_a_fill_equals_a_separate_expert_pass():
         for m in ("audio", "visual"):
             r, rows = out["recovery"][m], batch["recover"][m]["rows"]
             truth = batch["answer"][rows]
-            separate = model.expert_score(m, r["h"], r["q_global"], 1.0, r["confidence"], truth)
+            separate = model.expert_score(m, r["h"], r["context"]["q_global"], 1.0, r["confidence"], truth)
             reused = torch.log_softmax(out["expert_logits"][m][rows], -1).gather(1, truth[:, None]).squeeze(1)
             torch.testing.assert_close(separate, reused)
+
+
+@pytest.mark.parametrize("recovery", ["zero", "generative", "cmr", "cap", "cmr+cap"])
+def test_no_parameter_gets_gradient_from_two_experts(recovery):
+    """DESIGN section 6: experts are pre-trained independently (a shared question projection was not)."""
+    torch.manual_seed(0)
+    model = R2ScP(config(recovery))
+    batch = toy_batch()
+    losses = expert_losses(model, batch, model(batch, route=False), lambda_rank=0.1, margin=0.1)
+    owners: dict[str, list[str]] = {}
+    for expert, loss in losses.items():
+        model.zero_grad(set_to_none=True)
+        loss.backward(retain_graph=True)
+        for name, parameter in model.named_parameters():
+            if parameter.grad is not None and parameter.grad.abs().sum() > 0:
+                owners.setdefault(name, []).append(expert)
+    shared = {name: experts for name, experts in owners.items() if len(experts) > 1}
+    assert shared == {}
+    assert {e for experts in owners.values() for e in experts} == set(EXPERTS)  # every expert trains something
+
+
+@pytest.mark.parametrize("expert", EXPERTS)
+def test_one_hot_router_weight_gives_that_experts_output(expert, monkeypatch):
+    """With the routed head's correction at zero, alpha = one-hot(e) makes the routed log-probabilities e's own."""
+    torch.manual_seed(0)
+    model = R2ScP(config()).eval()
+    one_hot = torch.zeros(3)
+    one_hot[EXPERTS.index(expert)] = 1.0
+
+    def router(h, flags, confidence):
+        alpha = one_hot.expand(flags.shape[0], -1)
+        return torch.einsum("bm,bmd->bd", alpha, torch.stack([h[m] for m in EXPERTS], dim=1)), alpha
+
+    monkeypatch.setattr(model.router, "forward", router)
+    with torch.no_grad():
+        out = model(toy_batch(training=False))
+    torch.testing.assert_close(torch.log_softmax(out["logits"], -1), torch.log_softmax(out["expert_logits"][expert], -1))
+
+
+def test_ranking_passes_differ_only_in_the_recovered_tokens(monkeypatch):
+    """real, retrieved and random fills meet expert m with the same flag, confidence and CMR weights."""
+    torch.manual_seed(0)
+    model = R2ScP(config("cmr"))
+    batch = toy_batch()
+    seen, sims_seen = [], []
+    expert_forward, cmr_forward = Expert.forward, CrossModalRetrieval.forward
+
+    def expert_spy(self, tokens, q_global, flag, confidence, pad=None):
+        if self is model.experts["audio"]:
+            seen.append((flag.detach().clone(), confidence.detach().clone()))
+        return expert_forward(self, tokens, q_global, flag, confidence, pad)
+
+    def cmr_spy(self, candidates, sims):
+        if self is model.cmr["audio"]:
+            sims_seen.append(sims.clone())
+        return cmr_forward(self, candidates, sims)
+
+    monkeypatch.setattr(Expert, "forward", expert_spy)
+    monkeypatch.setattr(CrossModalRetrieval, "forward", cmr_spy)
+    expert_losses(model, batch, model(batch, route=False), lambda_rank=0.1, margin=0.1)
+    rows = batch["recover"]["audio"]["rows"]
+    (main_flag, main_confidence), *ranking_passes = seen
+    assert len(ranking_passes) == 2  # real and random (retrieved reuses the main pass)
+    for flag, confidence in ranking_passes:
+        assert flag.tolist() == main_flag[rows].tolist() == [1.0] * len(rows)
+        torch.testing.assert_close(confidence, main_confidence[rows])
+    assert len(sims_seen) == 2 and torch.equal(sims_seen[0], sims_seen[1])

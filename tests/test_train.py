@@ -1,6 +1,7 @@
 """Both training stages and evaluation on a small planted features file: the guarantees of DESIGN §6
 (leak-free recovery, frozen stage 1, poisoned missing features, resumable and reproducible runs)."""
 
+import json
 from pathlib import Path
 
 import h5py
@@ -95,25 +96,100 @@ def test_no_sample_is_recovered_from_its_own_video(world, monkeypatch, tmp_path)
     evaluate.run(EvalConfig(experts, tmp_path / "eval", missing="audio"))
     assert len(calls) >= 4  # training batches and eval batches both retrieved
     for queries, modality, idx, b in calls:
-        entries = np.asarray(b.entry_video_ids(modality), dtype=object)
+        entries = np.asarray(b.entry_video_ids(), dtype=object)
         assert not (entries[idx] == queries[:, None]).any()
 
 
-def test_poisoned_missing_modality_changes_no_prediction(world, trained, tmp_path):
-    root, features, _ = world
-    _, router = trained
-    poisoned = tmp_path / "poisoned.h5"
-    poisoned.write_bytes(features.read_bytes())
-    Path(str(poisoned) + ".meta.json").write_text(Path(str(features) + ".meta.json").read_text())
-    with h5py.File(poisoned, "a") as h5:
+def _poisoned_copy(features: Path, out: Path, modality: str) -> Path:
+    """A copy of ``features`` whose ``modality`` tokens and globals are NaN for every video."""
+    out.write_bytes(features.read_bytes())
+    Path(str(out) + ".meta.json").write_text(Path(str(features) + ".meta.json").read_text())
+    with h5py.File(out, "a") as h5:
         for video in h5["videos"]:
-            h5[f"videos/{video}/audio"][...] = np.nan
-            h5[f"videos/{video}/audio_global"][...] = np.nan
-    clean = evaluate.run(EvalConfig(router, tmp_path / "clean", missing="audio"))
-    dirty = evaluate.run(EvalConfig(router, tmp_path / "dirty", missing="audio", features=poisoned))
-    read = lambda d: (d / "predictions.jsonl").read_text().splitlines()  # noqa: E731
-    assert read(clean) == read(dirty)
-    assert "nan" not in (dirty / "predictions.jsonl").read_text().lower()
+            h5[f"videos/{video}/{modality}"][...] = np.nan
+            h5[f"videos/{video}/{modality}_global"][...] = np.nan
+    return out
+
+
+@pytest.mark.parametrize("recovery", ["zero", "generative", "cmr", "cap", "cmr+cap"])
+def test_poisoned_missing_modality_changes_no_prediction(world, trained, tmp_path, recovery):
+    """The real features of the modality an eval declares missing are never read, for every recovery
+    method and both media: NaN there changes no prediction."""
+    root, features, bank = world
+    if recovery == "cmr+cap":
+        _, router = trained
+    else:
+        experts = train.run_experts(TrainExpertsConfig(features, bank, tmp_path / "e", recovery=recovery,
+                                                       **{**SMALL, "epochs": 1}))  # fmt: skip
+        router = train.run_router(TrainRouterConfig(experts, tmp_path / "r", epochs=1, batch_size=32))
+    read = lambda d: (d / "predictions.jsonl").read_text()  # noqa: E731
+    for missing in ("audio", "visual"):
+        poisoned = _poisoned_copy(features, tmp_path / f"poisoned-{missing}.h5", missing)
+        clean = evaluate.run(EvalConfig(router, tmp_path / f"clean-{missing}", missing=missing))
+        dirty = evaluate.run(EvalConfig(router, tmp_path / f"dirty-{missing}", missing=missing, features=poisoned))
+        assert read(clean).splitlines() == read(dirty).splitlines()
+        assert "nan" not in read(dirty).lower()
+
+
+def test_model_selection_never_reads_the_test_split(world, tmp_path, monkeypatch):
+    """Both training stages select and stop on val: no question row of the test split is ever read."""
+    root, features, bank = world
+    from r2scp_cli.features import FeatureStore
+
+    read_rows, loaded = [], []
+    question_arrays, load_split = FeatureStore.question_arrays, train.load_split
+
+    def spy_arrays(self, rows, *args, **kwargs):
+        read_rows.extend(np.asarray(rows).tolist())
+        return question_arrays(self, rows, *args, **kwargs)
+
+    def spy_split(store, name, *args, **kwargs):
+        loaded.append(name)
+        return load_split(store, name, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureStore, "question_arrays", spy_arrays)
+    monkeypatch.setattr(train, "load_split", spy_split)
+    experts = train.run_experts(TrainExpertsConfig(features, bank, tmp_path / "e", **{**SMALL, "epochs": 1}))
+    train.run_router(TrainRouterConfig(experts, tmp_path / "r", epochs=1, batch_size=32))
+    with FeatureStore(features) as store:
+        test_rows = set(store.questions.rows("test").tolist())
+        assert len(test_rows) > 0
+    assert sorted(set(loaded)) == ["train", "val"]
+    assert read_rows and not test_rows & set(read_rows)
+
+
+def test_n_above_the_stored_negatives_is_one_line_before_any_output(world, tmp_path):
+    root, features, _ = world
+    few = bank_stage.run(BankConfig(features, tmp_path / "bank", keys="paired", neighbours=6, negatives=2, exact=True,
+                                    check_recall=0))  # fmt: skip
+    meta = train.artifacts.read_json(few / "meta.json")["figures"]
+    assert meta["negatives"] == 6  # build-bank stores at least as many negatives as neighbours
+    with h5py.File(few / "neighbours.h5") as h5:
+        assert h5["audio/negatives"].shape[1] == 6
+    # A bank that stores fewer negatives than neighbours (built before that rule) is refused up front.
+    meta_path = few / "meta.json"
+    full = train.artifacts.read_json(meta_path)
+    full["figures"]["negatives"] = 2
+    meta_path.write_text(json.dumps(full))
+    with pytest.raises(UserError, match="stores only 2 random negatives per video"):
+        train.run_experts(TrainExpertsConfig(features, few, tmp_path / "e", **{**SMALL, "n": 3}))
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("videos, segments, rho, pool", [(6, 4, 0.25, 24), (3, 48, 1.0, 48)])
+def test_cap_pool_fits_k_and_the_training_tokens(tmp_path, videos, segments, rho, pool):
+    """`cap` alone: a pool of min(max(40, k), training tokens) prototypes. A fixed 40 crashed with fewer
+    training tokens than 40 (6 videos x 4 segments) and with k > 40 (k = ceil(1.0 x 48))."""
+    from conftest import make_features
+
+    features = make_features(tmp_path / "f.h5", n_videos=videos, segments=segments, min_splits=3)
+    bank = bank_stage.run(BankConfig(features, tmp_path / "bank", keys="paired", neighbours=2, exact=True, check_recall=0))
+    experts = train.run_experts(TrainExpertsConfig(features, bank, tmp_path / "e", recovery="cap", rho=rho,
+                                                   **{**SMALL, "epochs": 1}))  # fmt: skip
+    model, _ = load_model(experts / "model.pt")
+    assert model.cfg.prototypes == pool
+    assert model.prototypes_audio.shape == (pool, model.cfg.dims["audio"])
+    assert torch.isfinite(model.prototypes_audio).all() and model.prototypes_audio.abs().sum() > 0
 
 
 def test_runs_are_reproducible_and_resume_to_the_same_weights(world, tmp_path, monkeypatch):

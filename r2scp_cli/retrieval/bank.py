@@ -295,7 +295,8 @@ def _neighbour_lists(
             chunk = query_ids[start : start + QUERY_CHUNK]
             parts.append(retrieve(space, searchers, fetch_of, chunk, m, config.neighbours, exact=search != "hnsw"))
             bar.advance(task, len(chunk))
-    r = min(config.negatives, searchers[0].limit())
+    # At least as many negatives as neighbours: training gathers n of each for any n the lists allow.
+    r = min(max(config.negatives, config.neighbours), searchers[0].limit())
     negatives = random_negatives(query_ids, searchers[0].own_rows, len(searchers[0].keys), r, config.seed, m)
     return {"index": np.concatenate([p[0] for p in parts]), "sim": np.concatenate([p[1] for p in parts]), "negatives": negatives}
 
@@ -369,9 +370,8 @@ class Bank:
         """Reproducible random entries int64 [B, r], never the video itself."""
         return self._lists[Modality(m)]["negatives"][self._rows(video_ids)]
 
-    def entry_video_ids(self, m: Modality) -> list[str]:
-        """The video id of each entry of the bank of ``m`` (the entries are the same for both)."""
-        Modality(m)
+    def entry_video_ids(self) -> list[str]:
+        """The video id of each entry, in entry order (one entry list serves both target modalities)."""
         return list(self._entry_ids)
 
     def values(self, m: Modality) -> np.ndarray:

@@ -264,16 +264,23 @@ class PretrainedEncoder:
             },  # fmt: skip
         )
 
+    def encode_frames(self, clips: list[Clip]) -> tuple[np.ndarray, np.ndarray]:
+        """The T frames of every clip, in one batch: strips [N * T, 3 * 1280] and pooled [N * T, 1280]."""
+        images = np.concatenate([squashed_images(c.frames, IMAGE_SIZE) for c in clips])
+        return self.frames.encode(images)
+
+    def encode_audio(self, clips: list[Clip]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per clip: segment tokens [T, 512] and the clip embedding [512]."""
+        return [self.audio.encode(clip.audio, clip.duration, self.segments) for clip in clips]
+
     def encode_clips(self, clips: list[Clip]) -> list[dict[str, np.ndarray]]:
         """Per clip: audio [T, 512], visual [T, 3840] and the L2-normalised globals."""
         if not clips:
             return []
         T = self.segments
-        images = np.concatenate([squashed_images(c.frames, IMAGE_SIZE) for c in clips])
-        strips, pooled = self.frames.encode(images)
+        strips, pooled = self.encode_frames(clips)
         out = []
-        for i, clip in enumerate(clips):
-            sound, whole = self.audio.encode(clip.audio, clip.duration, T)
+        for i, (sound, whole) in enumerate(self.encode_audio(clips)):
             out.append({
                 "audio": sound,
                 "visual": strips[i * T : (i + 1) * T],

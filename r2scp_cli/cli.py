@@ -106,6 +106,9 @@ def extract(
     visual_npy: Annotated[Optional[Path], typer.Option(help="--encoder npy: per-video visual .npy files.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="--encoder imagebind: local checkpoint.")] = None,
     device: Device = "cpu",
+    image_size: Annotated[int, typer.Option(
+        help="--encoder pretrained: frame size fed to the network (0: the source's shorter side, at most 224; "
+             "recorded in the encoder version, so features of other sizes never mix).")] = 0,
     force: Force = False,
 ) -> None:
     """Decode media and encode clips and questions into an HDF5 feature store."""
@@ -113,7 +116,7 @@ def extract(
 
     config = ExtractConfig(
         dataset, out, encoder, segments, _csv(splits), format, batch_size, max_failures,
-        audio_npy, visual_npy, checkpoint, device,
+        audio_npy, visual_npy, checkpoint, device, image_size,
     )
     stage.run(config, force=force)
 

@@ -97,6 +97,7 @@ class ExtractConfig(StageConfig):
     visual_npy: Path | None = None  # --encoder npy: per-video ResNet arrays
     checkpoint: Path | None = None  # --encoder imagebind
     device: str = "cpu"
+    image_size: int = 0  # --encoder pretrained: network input in pixels; 0 = the source's, at most 224
 
 
 @dataclass(frozen=True)

@@ -212,6 +212,16 @@ def _decode_streams(container, sampler: _FrameSampler) -> tuple[np.ndarray, floa
     return samples, last + step
 
 
+def frame_size_of(path: Path) -> tuple[int, int] | None:
+    """(width, height) of the first video stream of ``path``, or None when it cannot be read."""
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            return int(stream.codec_context.width), int(stream.codec_context.height)
+    except (av.FFmpegError, OSError, IndexError, ValueError):
+        return None
+
+
 def decode_clip(path: Path, segments: int, frame_size: tuple[int, int] | None = None,
                 video_id: str | None = None) -> Clip:
     """Decode an mp4 once: T frames at the segment centres (resized to ``frame_size`` = (width,

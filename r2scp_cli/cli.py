@@ -239,7 +239,8 @@ def demo(
     out: Annotated[Path, typer.Option(help="Directory for every stage of the demo.")] = Path("runs/demo"),
     quick: Annotated[bool, typer.Option("--quick", help="Smaller data and budget (about 2 minutes).")] = False,
     seeds: Annotated[int, typer.Option(help="Training seeds per recovery method.")] = 1,
-    encoder: Annotated[str, typer.Option(help="handcrafted or pretrained.")] = "handcrafted",
+    encoder: Annotated[str, typer.Option(
+        help="auto (pretrained when installed, else handcrafted), pretrained or handcrafted.")] = "auto",
     format: Annotated[str, typer.Option("--format", help="music-avqa or avqa.")] = "music-avqa",
     videos: Annotated[Optional[int], typer.Option(help="Number of clips (default 400, --quick 150).")] = None,
 ) -> None:

@@ -185,6 +185,6 @@ class DemoConfig(StageConfig):
     out: Path = Path("runs/demo")
     quick: bool = False
     seeds: int = 1
-    encoder: str = "handcrafted"
+    encoder: str = "auto"  # pretrained when its wheels are installed, else handcrafted (with one line saying so)
     format: str = "music-avqa"
     videos: int | None = None  # override the budget's number of clips

@@ -11,6 +11,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.markup import escape
+
 from . import evaluate, extract, report, train
 from .config import (
     RECOVERY_METHODS,
@@ -92,10 +94,26 @@ def run_jobs(jobs: list[Job], workers: int) -> None:
             bar.console.print(f"  {job.recovery}, seed {job.seed}: trained and evaluated ({job.run_dir})")
 
 
+def resolve_encoder(name: str) -> str:
+    """`auto` is `pretrained` (semantic features: retrieval finds related clips) when its wheels are
+    installed, else `handcrafted`, with one line that says so and how to install them."""
+    if name != "auto":
+        return name
+    from .encoders import pretrained
+
+    missing = pretrained.missing_parts()
+    if not missing:
+        return "pretrained"
+    console.print(f"[yellow]pretrained encoder not installed[/] (missing {', '.join(missing)}): running on handcrafted "
+                  f"features, with which retrieval rarely finds the right clip. To fix: {escape(pretrained.INSTALL)}")  # fmt: skip
+    return "handcrafted"
+
+
 def run(config: DemoConfig, budget: Budget | None = None, workers: int | None = None) -> Path:
     """Run the whole chain under ``config.out`` and print the report table; returns the report dir."""
     if config.seeds < 1:
         raise UserError(f"--seeds {config.seeds}: must be at least 1")
+    config = dataclasses.replace(config, encoder=resolve_encoder(config.encoder))
     budget = budget or (QUICK if config.quick else DEFAULT)
     if config.videos is not None:
         budget = dataclasses.replace(budget, videos=config.videos)

@@ -5,19 +5,29 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from r2scp_cli import demo
 from r2scp_cli.cli import app
 from r2scp_cli.config import RECOVERY_METHODS
+from r2scp_cli.console import console
+from r2scp_cli.encoders import pretrained
 
 SETTINGS = ("none", "audio", "visual")
 
 
-@pytest.mark.parametrize("format", ["music-avqa", "avqa"])
-def test_quick_demo_end_to_end(tmp_path, format):
+# The default encoder is pretrained when its wheels are installed (as the README's commands do).
+DEFAULT_ENCODER = "handcrafted" if pretrained.missing_parts() else "pretrained"
+
+
+@pytest.mark.parametrize("format, encoder", [("music-avqa", None), ("avqa", "handcrafted")])
+def test_quick_demo_end_to_end(tmp_path, format, encoder):
     out = tmp_path / "demo"
     args = ["demo", "--quick", "--videos", "40", "--format", format, "--out", str(out)]
+    args += ["--encoder", encoder] if encoder else []
+    encoder = encoder or DEFAULT_ENCODER
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    report = json.loads((out / "report-handcrafted" / "report.json").read_text())
+    assert f"{encoder} features" in result.output
+    report = json.loads((out / f"report-{encoder}" / "report.json").read_text())
     (table,) = report["tables"]
     assert table["format"] == format
     assert report["evaluations"] == 15
@@ -31,14 +41,27 @@ def test_quick_demo_end_to_end(tmp_path, format):
             assert cell["overall"]["n"] == 1
             assert 0.0 <= cell["overall"]["mean"] <= 100.0
             assert cell["questions"] == [test_questions]
-            metrics = json.loads((out / f"runs-handcrafted/{method}-seed0/eval-{setting}/metrics.json").read_text())
+            metrics = json.loads((out / f"runs-{encoder}/{method}-seed0/eval-{setting}/metrics.json").read_text())
+            assert metrics["encoder"] == encoder
             assert abs(metrics["metrics"]["overall"]["accuracy"] - cell["overall"]["mean"]) < 1e-9
     for method in RECOVERY_METHODS:  # the table on screen has a row per method
         assert any(line.split()[:1] == [method] for line in result.output.splitlines())
-    markdown = (out / "report-handcrafted" / "report.md").read_text()
+    markdown = (out / f"report-{encoder}" / "report.md").read_text()
     assert "| cmr+cap |" in markdown.replace("**", "")
 
     # A second run reuses every finished stage.
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0
     assert "already" in again.output
+
+
+def test_default_encoder_falls_back_to_handcrafted_with_one_line(monkeypatch):
+    monkeypatch.setattr(pretrained, "missing_parts", lambda: ["package aisfx"])
+    with console.capture() as captured:
+        assert demo.resolve_encoder("auto") == "handcrafted"
+    text = captured.get()
+    assert "pretrained encoder not installed (missing package aisfx)" in text
+    assert pretrained.INSTALL in text.replace("\n", " ")
+    monkeypatch.setattr(pretrained, "missing_parts", lambda: [])
+    assert demo.resolve_encoder("auto") == "pretrained"
+    assert demo.resolve_encoder("handcrafted") == "handcrafted"  # an explicit choice is kept

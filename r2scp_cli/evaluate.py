@@ -21,7 +21,7 @@ from .errors import UserError
 from .features import FeatureStore
 from .model import EXPERTS, MEDIA
 from .report import compute_metrics, print_metrics
-from .retrieval.bank import Bank
+from .retrieval.bank import Bank, key_verdict
 
 MISSING_SETTINGS = ("none", "audio", "visual", "text")
 RUN_STAGES = {"train-router": "router", "train-experts": "experts"}
@@ -54,6 +54,17 @@ def open_features(path: Path, bank, answers: list[str]) -> FeatureStore:
     if list(store.answers) != list(answers):
         raise UserError(f"{path}: its answer vocabulary differs from the one the run was trained with")
     return store
+
+
+def retrieval_summary(bank: Bank) -> dict:
+    """The bank's key quality and verdict, carried into the metrics so `report` can show them."""
+    figures = bank.meta["figures"]
+    return {
+        "bank": str(bank.dir),
+        "key_mode": bank.key_mode,
+        "key_quality": {m: figures[m]["key_quality"] for m in MEDIA},
+        "verdict": figures.get("verdict") or key_verdict(figures),
+    }
 
 
 def answers_hash(answers) -> str:
@@ -106,6 +117,7 @@ def run(config: EvalConfig, force: bool = False) -> Path:
         "evaluated": len(records),
         "failed_videos": store.failed,
         "answer_vocab_sha": answers_hash(checkpoint["answers"]),
+        "retrieval": retrieval_summary(bank),
         "config": {"eval": config_dict(config), "run": meta["config"], "model": model.cfg.to_dict()},
         "fingerprints": {
             "model": artifacts.fingerprint(config.run / "model.pt"),

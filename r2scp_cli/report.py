@@ -167,6 +167,7 @@ class Evaluation:
     missing: str
     seed: int
     metrics: dict
+    retrieval: dict | None = None  # the bank's key quality and verdict (evals before it was recorded: None)
 
 
 def _read_evaluation(metrics_path: Path) -> Evaluation | None:
@@ -193,6 +194,7 @@ def _read_evaluation(metrics_path: Path) -> Evaluation | None:
         missing=data["missing"],
         seed=data["seed"],
         metrics=data["metrics"],
+        retrieval=data.get("retrieval"),
     )
 
 
@@ -296,8 +298,9 @@ def build_tables(evaluations: list[Evaluation]) -> list[dict]:
             for method in methods
         }
         questions = {q for row in table_cells.values() for cell in row.values() for q in cell["questions"]}
+        banks = {e.retrieval["bank"]: e.retrieval for cell in cells.values() for e in cell if e.retrieval}
         table = {**key._asdict(), "methods": methods, "settings": settings, "questions": sorted(questions)}
-        tables.append({**table, "cells": table_cells})
+        tables.append({**table, "cells": table_cells, "retrieval": [banks[b] for b in sorted(banks)]})
     return tables
 
 
@@ -339,6 +342,19 @@ def legend(table: dict) -> str:
     )
 
 
+def key_quality_lines(table: dict) -> list[str]:
+    """Under a table: the key quality of each bank its runs retrieved from, and what it means."""
+    lines = []
+    for bank in table.get("retrieval", []):
+        parts = []
+        for m, quality in bank["key_quality"].items():
+            if quality.get("recall@10") is not None:
+                parts.append(f"recover {m} recall@10 {quality['recall@10']:.3f} (chance {quality['chance@10']:.3f})")
+        measured = ", ".join(parts) or "not measured"
+        lines.append(f"Key quality ({bank['key_mode']} keys, held-out videos, {bank['bank']}): {measured}. {bank['verdict']}.")
+    return lines
+
+
 # --------------------------------------------------------------------------- outputs
 
 
@@ -370,7 +386,10 @@ def markdown(tables: list[dict]) -> str:
         header = ["recovery"] + [SETTING_LABELS.get(s, s) for s in table["settings"]]
         rows = [[m] + [cell_text(_overall(table, m, s)) for s in table["settings"]] for m in table["methods"]]
         lines += [f"## {table_title(table)}", ""] + _markdown_table(header, rows)
-        lines += ["", legend(table)] + _detail_tables(table) + [""]
+        lines += ["", legend(table)]
+        if table.get("retrieval"):
+            lines += ["", *key_quality_lines(table)]
+        lines += _detail_tables(table) + [""]
     return "\n".join(lines)
 
 
@@ -402,6 +421,8 @@ def print_tables(tables: list[dict]) -> None:
             screen.add_row(method, str(seeds), *[_screen_cell(cell, seeds) for cell in cells])
         console.print(screen)
         console.print(legend(table), style="dim")
+        for line in key_quality_lines(table):
+            console.print(line, markup=False)
 
 
 def save_chart(tables: list[dict], path: Path) -> None:

@@ -18,7 +18,7 @@ from r2scp_cli.errors import UserError
 from r2scp_cli.features import FeatureStore
 from r2scp_cli.retrieval import keys as keys_module
 from r2scp_cli.retrieval import search as search_module
-from r2scp_cli.retrieval.bank import Bank, resolve_key_mode, run
+from r2scp_cli.retrieval.bank import Bank, key_verdict, resolve_key_mode, run
 from r2scp_cli.retrieval.keys import fold_of, load_binder
 
 MEDIA = Modality.media()
@@ -353,3 +353,20 @@ def test_a_rebuild_leaves_no_file_of_the_previous_build(planted, tmp_path):
     meta = artifacts.read_json(out / "meta.json")
     assert meta["figures"]["search"] == "exact (small bank)" and not meta["index"]["audio"]["built"]
     assert sorted(p.name for p in out.iterdir()) == ["entries.h5", "meta.json", "neighbours.h5"]
+
+
+def test_key_verdict_reads_recall_against_chance(paired_bank, bind_bank):
+    def figures(audio: float, visual: float) -> dict:
+        return {m: {"key_quality": {"recall@10": r, "chance@10": 0.075}} for m, r in (("audio", audio), ("visual", visual))}
+
+    assert key_verdict(figures(0.08, 0.40)).startswith("keys find the right clip about as often as chance (1.1x)")
+    assert "use a semantic encoder" in key_verdict(figures(0.08, 0.40))
+    assert key_verdict(figures(0.18, 0.20)).startswith("weak keys (2.4x chance)")
+    assert key_verdict(figures(0.31, 0.33)) == "keys find the right clip well above chance (4.1x): retrieval can help"
+    assert key_verdict({"audio": {"key_quality": {"note": "too few"}}, "visual": {"key_quality": {}}}).startswith(
+        "key quality not measured"
+    )
+    paired = artifacts.read_json(paired_bank / "meta.json")["figures"]
+    bind = artifacts.read_json(bind_bank / "meta.json")["figures"]
+    assert paired["verdict"] == key_verdict(paired) and "about as often as chance" in paired["verdict"]
+    assert bind["verdict"] == key_verdict(bind) and "about as often as chance" not in bind["verdict"]

@@ -317,3 +317,22 @@ def test_cli_report_prints_the_table_and_reuses_a_finished_report(runs, tmp_path
     assert again.exit_code == 0 and "report up to date" in again.output
     assert screen_rows(again.output) == rows
     assert artifacts.read_json(out / "meta.json")["run_id"] == run_id
+
+
+def test_key_quality_of_the_bank_is_shown_under_the_table(tmp_path):
+    from r2scp_cli.retrieval.bank import key_verdict
+
+    figures = {m: {"key_quality": {"recall@10": r, "chance@10": 0.075}} for m, r in (("audio", 0.31), ("visual", 0.18))}
+    retrieval = {"bank": "runs/bank-x", "key_mode": "bind", "key_quality": {m: f["key_quality"] for m, f in figures.items()},
+                 "verdict": key_verdict(figures)}  # fmt: skip
+    fake_eval(tmp_path / "runs" / "a" / "none", "cmr", "none", 0, 5, retrieval=retrieval)
+    fake_eval(tmp_path / "runs" / "b" / "none", "zero", "none", 0, 4, retrieval=retrieval)  # the same bank: one line
+    with console.capture() as captured:
+        out = report.run(ReportConfig((tmp_path / "runs",), tmp_path / "report"))
+    expected = ("Key quality (bind keys, held-out videos, runs/bank-x): recover audio recall@10 0.310 (chance 0.075), "
+                "recover visual recall@10 0.180 (chance 0.075). weak keys (2.4x chance): retrieval helps little")  # fmt: skip
+    markdown = (out / "report.md").read_text()
+    assert markdown.count("Key quality (") == 1 and expected in markdown
+    assert expected in " ".join(captured.get().split())
+    (table,) = json.loads((out / "report.json").read_text())["tables"]
+    assert table["retrieval"] == [retrieval]

@@ -105,7 +105,8 @@ def resolve_encoder(name: str) -> str:
     if not missing:
         return "pretrained"
     console.print(f"[yellow]pretrained encoder not installed[/] (missing {', '.join(missing)}): running on handcrafted "
-                  f"features, with which retrieval rarely finds the right clip. To fix: {escape(pretrained.INSTALL)}")  # fmt: skip
+                  f"features, with which retrieval rarely finds the right clip. To fix: {escape(pretrained.INSTALL)}",
+                  soft_wrap=True)  # fmt: skip
     return "handcrafted"
 
 

@@ -114,7 +114,9 @@ def make_batch(
     training: bool,
 ) -> dict:
     """A batch keyed by modality. The tokens of a modality are read only for the rows that have it;
-    rows that miss it get zeros here and their recovery inputs in ``batch["recover"][m]``.
+    rows that miss it get zeros here and their recovery inputs in ``batch["recover"][m]``: with
+    retrieval, the value tokens of the batch's distinct bank entries (``values``) and, per row,
+    the rows of ``values`` holding its n neighbours (``candidates``) and random entries (``negatives``).
     In training (simulated missing), the real tokens of the recovered rows are added as ``real``
     for the ranking loss and the generative MSE, and random bank entries as ``negatives``."""
     vids = split.video_ids[idx]
@@ -139,11 +141,17 @@ def make_batch(
         rec: dict = {"rows": torch.as_tensor(rows, dtype=torch.long)}
         if cfg.retrieves:
             entries, sims = retrieve(vids[rows], m)
-            rec["candidates"] = torch.from_numpy(bank.gather(m, entries[:, : cfg.n]))
-            rec["sims"] = torch.from_numpy(np.ascontiguousarray(sims[:, : cfg.n], np.float32))
+            lists = {"candidates": entries[:, : cfg.n]}
             if training:
-                negatives = bank.negatives(vids[rows], m)[:, : cfg.n]
-                rec["negatives"] = torch.from_numpy(bank.gather(m, negatives))
+                lists["negatives"] = bank.negatives(vids[rows], m)[:, : cfg.n]
+            # Rows share neighbours: each bank entry of the batch is read (and projected) once.
+            unique, inverse = np.unique(np.concatenate([ids.ravel() for ids in lists.values()]), return_inverse=True)
+            rec["values"] = torch.from_numpy(bank.gather(m, unique))  # [U, T, D_m]
+            start = 0
+            for name, ids in lists.items():  # [B', n] rows of rec["values"]
+                rec[name] = torch.as_tensor(inverse[start : start + ids.size].reshape(ids.shape), dtype=torch.long)
+                start += ids.size
+            rec["sims"] = torch.from_numpy(np.ascontiguousarray(sims[:, : cfg.n], np.float32))
         if training and (cfg.retrieves or cfg.recovery == "generative"):  # ranking loss / generator MSE
             rec["real"] = torch.from_numpy(videos.get(vids[rows], m))
         recover[m] = rec

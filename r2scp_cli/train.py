@@ -165,7 +165,8 @@ def expert_losses(model: R2ScP, batch: dict, out: dict, lambda_rank: float, marg
             # The main pass already ran expert m on these rows' retrieved fill: reuse its score.
             log_probs = torch.log_softmax(out["expert_logits"][m][rows], dim=-1)
             s_retrieved = log_probs.gather(1, truth[:, None]).squeeze(1)
-            h_random, _, _ = model.recover(m, rec, r["context"], candidates=rec["negatives"], sims=rec["sims"])
+            random = r["values"][rec["negatives"]]  # the batch's entries were projected once by the main pass
+            h_random, _, _ = model.recover(m, rec, r["context"], candidates=random, sims=rec["sims"])
             s_random = model.expert_score(m, h_random, q_global, 1.0, confidence, truth, options)
             losses[m] = losses[m] + lambda_rank * ranking_loss(s_real, s_retrieved, s_random, margin)
     return losses

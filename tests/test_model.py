@@ -45,10 +45,14 @@ def toy_batch(B=6, missing=("audio", "visual", "none", "audio", "visual", "none"
         batch["options"] = torch.randn(B, 4, DIMS["text_global"], generator=g)
     for m, code in (("audio", 1), ("visual", 2)):
         rows = torch.nonzero(codes == code).flatten()
-        rec = {"rows": rows, "candidates": torch.randn(len(rows), N_CAND, T, DIMS[m], generator=g),
+        # Entry tokens as make_batch sends them: distinct values, indexed per row (entry 0 is shared).
+        entries = 1 + 2 * len(rows) * N_CAND
+        rec = {"rows": rows, "values": torch.randn(entries, T, DIMS[m], generator=g),
+               "candidates": torch.arange(len(rows) * N_CAND).reshape(len(rows), N_CAND) + 1,
                "sims": torch.rand(len(rows), N_CAND, generator=g).sort(-1, descending=True).values}  # fmt: skip
+        rec["candidates"][:, -1] = 0
         if training:
-            rec["negatives"] = torch.randn(len(rows), N_CAND, T, DIMS[m], generator=g)
+            rec["negatives"] = torch.arange(len(rows) * N_CAND).reshape(len(rows), N_CAND) + 1 + len(rows) * N_CAND
             rec["real"] = torch.randn(len(rows), T, DIMS[m], generator=g)
         batch["recover"][m] = rec
     return batch

@@ -269,3 +269,25 @@ def test_cli_bad_flags_are_one_line_errors(world, tmp_path):
     assert result.exit_code == 1 and "stores only 6 neighbours" in result.output
     result = runner.invoke(app, ["eval", str(tmp_path / "nothing"), "--out", str(tmp_path / "z")])
     assert result.exit_code == 1 and "not found" in result.output
+
+
+def test_a_batch_reads_each_bank_entry_once_and_each_row_gets_its_own_lists(world):
+    from r2scp_cli.batches import make_batch
+    from r2scp_cli.model import MISSING_CODES
+
+    root, features, bank_dir = world
+    data = train.open_data(features, bank_dir)
+    config = TrainExpertsConfig(features, bank_dir, root / "unused", recovery="cmr", **SMALL)
+    model_config = train.model_config_for(data.store, config, len(set(data.splits["train"].video_ids)))
+    split = data.splits["train"]
+    idx = np.arange(min(32, len(split)))
+    missing = np.full(len(idx), MISSING_CODES["audio"])
+    rec = make_batch(split, idx, missing, data.videos, model_config, data.bank.neighbours, data.bank, True)["recover"]["audio"]
+    vids = split.video_ids[idx]
+    entries = data.bank.neighbours(vids, "audio")[0][:, :3]
+    negatives = data.bank.negatives(vids, "audio")[:, :3]
+    values = rec["values"].numpy()
+    assert len(values) == len(np.unique(np.concatenate([entries.ravel(), negatives.ravel()])))
+    assert len(values) < entries.size + negatives.size  # rows share entries: fewer reads than references
+    np.testing.assert_array_equal(values[rec["candidates"].numpy()], data.bank.gather("audio", entries))
+    np.testing.assert_array_equal(values[rec["negatives"].numpy()], data.bank.gather("audio", negatives))

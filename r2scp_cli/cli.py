@@ -132,7 +132,7 @@ def build_bank(
     neighbours: Annotated[int, typer.Option(help="Neighbours stored per video and modality.")] = 16,
     M: Annotated[int, typer.Option("--M", help="HNSW graph degree.")] = 16,
     ef_construction: Annotated[int, typer.Option(help="HNSW build beam.")] = 200,
-    ef: Annotated[int, typer.Option(help="HNSW query beam.")] = 64,
+    ef: Annotated[int, typer.Option(help="HNSW query beam; 0: grows with the bank (64, 128 from 2e5 keys, 256 from 2e6).")] = 0,
     exact: Annotated[bool, typer.Option("--exact", help="Exact search instead of HNSW.")] = False,
     check_recall: Annotated[int, typer.Option(help="Queries sampled to measure HNSW recall.")] = 1000,
     threads: Annotated[int, typer.Option(help="HNSW build threads (1 = reproducible).")] = 1,

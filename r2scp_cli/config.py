@@ -112,7 +112,7 @@ class BankConfig(StageConfig):
     neighbours: int = 16  # n stored per video and target modality
     M: int = 16
     ef_construction: int = 200
-    ef: int = 64
+    ef: int = 0  # HNSW query beam; 0: grows with the bank (retrieval.bank.ef_for)
     exact: bool = False
     check_recall: int = 1000  # queries sampled to compare HNSW with exact search
     negatives: int = 16  # random bank entries stored per video for the ranking loss (at least `neighbours`)

@@ -1,13 +1,14 @@
 """The R2ScP model in one file (DESIGN section 6).
 
 Notation: d = model width, T segments, L question tokens, n retrieved candidates, k = ceil(rho * T).
-A batch is a dict keyed by modality (see ``train.Batches``): real tokens of the available media
+A batch is a dict keyed by modality (see ``batches.make_batch``): real tokens of the available media
 modalities, the question, a ``missing`` code per sample, and, for each media modality that some rows
-must recover, a ``recover[m]`` dict with those rows and their retrieved candidates.
+must recover, a ``recover[m]`` dict with those rows and their retrieved candidates (the batch's
+distinct bank entries once, indexed per row).
 
 Pieces, in the order a sample meets them:
   InputProjection            raw tokens of one modality -> d
-  CrossModalRetrieval (CMR)  H_miss = sum_j softmax(s/tau)_j C_j ; pool P = all n*T candidate tokens
+  CrossModalRetrieval (CMR)  H_miss = sum_j softmax(s/tau)_j C_j ; the pool P = all n*T candidate tokens
   ContextAwarePurification   (CAP) noise identification -> text-guided acquisition -> selective injection
   GenerativeRecovery         the baseline: learned memory slots addressed by the available modality
   Expert (E_a, E_v, E_t)     per-modality encoder, question-queried pooling, own answer head

@@ -370,3 +370,19 @@ def test_key_verdict_reads_recall_against_chance(paired_bank, bind_bank):
     bind = artifacts.read_json(bind_bank / "meta.json")["figures"]
     assert paired["verdict"] == key_verdict(paired) and "about as often as chance" in paired["verdict"]
     assert bind["verdict"] == key_verdict(bind) and "about as often as chance" not in bind["verdict"]
+
+
+def test_query_beam_grows_with_the_bank_and_the_cost_is_reported(bind_bank):
+    from r2scp_cli.retrieval.search import ef_for
+
+    assert [ef_for(n) for n in (100, 199_999, 200_000, 1_000_000, 2_000_000, 10**7)] == [64, 64, 128, 128, 256, 256]
+    meta = artifacts.read_json(bind_bank / "meta.json")
+    assert meta["config"]["ef"] == 0  # the default: chosen from the bank's size
+    assert meta["figures"]["ef"] == 64 and meta["index"]["audio"]["ef"] == 64
+    memory = meta["figures"]["memory"]
+    assert memory["index_bytes"] == sum(p.stat().st_size for p in bind_bank.glob("index_*.bin")) > 0
+    with h5py.File(bind_bank / "entries.h5") as h5:
+        keys = sum(h5[f"keys/{m.value}"].size * 4 for m in MEDIA)
+    assert memory["key_bytes"] == keys
+    entries = meta["figures"]["entries"]
+    assert memory["bytes_per_entry"] == round((memory["index_bytes"] + keys) / entries, 1)

@@ -29,6 +29,7 @@ Bank directory::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -48,7 +49,9 @@ from .keys import (
     BINDER_CARD, Fetch, KeySpace, binder_file, check_bind_size, fit_bind_space, key_quality, load_binder,
     resolve_key_mode, store_fetch,
 )  # fmt: skip
-from .search import QUERY_CHUNK, FetchOf, Searcher, build_index, hnsw_recall, load_index, retrieve, rows_by_video
+from .search import (
+    QUERY_CHUNK, FetchOf, Searcher, build_index, ef_for, hnsw_recall, load_index, retrieve, rows_by_video,
+)  # fmt: skip
 
 ENTRIES_FILE = "entries.h5"
 NEIGHBOURS_FILE = "neighbours.h5"
@@ -127,7 +130,7 @@ def _open_inputs(config: BankConfig, stack: ExitStack) -> tuple[FeatureStore, li
 
 def _validate(config: BankConfig) -> None:
     minimums = {
-        "--neighbours": (config.neighbours, 1), "--M": (config.M, 2), "--ef": (config.ef, 1),
+        "--neighbours": (config.neighbours, 1), "--M": (config.M, 2), "--ef": (config.ef, 0),
         "--ef-construction": (config.ef_construction, 1), "--threads": (config.threads, 1),
         "--check-recall": (config.check_recall, 0), "negatives": (config.negatives, 0),
     }  # fmt: skip
@@ -240,7 +243,20 @@ def _print_summary(figures: dict) -> None:
             f"{binder['trained_videos_recall@10_visual_to_audio']:.3f} (chance {binder['trained_videos_chance@10']:.3f}): "
             "every video is queried through a binder that never saw it"
         )
+    memory = figures["memory"]
+    console.print(
+        f"  memory: {memory['index_bytes'] / 2**20:.1f} MiB of HNSW indexes + {memory['key_bytes'] / 2**20:.1f} MiB of keys "
+        f"= {memory['bytes_per_entry']:.0f} bytes per entry (query beam ef {figures['ef']})"
+    )
     console.print(f"  verdict: {figures['verdict']}")
+
+
+def memory_figures(out: Path, keys: dict[Modality, np.ndarray], entries: int) -> dict:
+    """What the bank costs: bytes of the saved HNSW indexes and of the keys, and their sum per entry."""
+    index_bytes = sum(path.stat().st_size for path in out.glob("index_*.bin"))
+    key_bytes = sum(int(k.nbytes) for k in keys.values())
+    return {"index_bytes": index_bytes, "key_bytes": key_bytes,
+            "bytes_per_entry": round((index_bytes + key_bytes) / max(entries, 1), 1)}  # fmt: skip
 
 
 def run(config: BankConfig, force: bool = False) -> Path:
@@ -259,7 +275,9 @@ def run(config: BankConfig, force: bool = False) -> Path:
             console.print(f"{out}: already built with the same inputs (use --force to rebuild)")
             return out
         _clear_outputs(out)
-        figures: dict = {"key_mode": mode, "entries": len(entries)}
+        if config.ef == 0:
+            config = dataclasses.replace(config, ef=ef_for(len(entries)))
+        figures: dict = {"key_mode": mode, "entries": len(entries), "ef": config.ef}
         if mode == "bind":
             fetch = entries.fetch()
             tokens = {m.value: fetch(m, "tokens") for m in MEDIA}
@@ -287,6 +305,7 @@ def run(config: BankConfig, force: bool = False) -> Path:
             neighbours=int(lists[MEDIA[0]]["index"].shape[1]), negatives=int(lists[MEDIA[0]]["negatives"].shape[1]),
         )  # fmt: skip
         figures["verdict"] = key_verdict(figures)
+        figures["memory"] = memory_figures(out, keys, len(entries))
         _write_entries(out, entries, keys, store.info, mode)
         _write_neighbours(out, query_ids, lists)
         _print_summary(figures)

@@ -137,6 +137,7 @@ def build_bank(
     check_recall: Annotated[int, typer.Option(help="Queries sampled to measure HNSW recall.")] = 1000,
     threads: Annotated[int, typer.Option(help="HNSW build threads (1 = reproducible).")] = 1,
     seed: Seed = 0,
+    key_dtype: Annotated[str, typer.Option(help="float32 or float16 (half the stored keys; search uses their rounded values).")] = "float32",
     force: Force = False,
 ) -> None:
     """Build the memory bank: key spaces, HNSW indexes and leak-proof neighbour lists."""
@@ -144,7 +145,7 @@ def build_bank(
 
     config = BankConfig(
         features, out, _csv(bank_splits), tuple(library or ()), keys, neighbours, M, ef_construction, ef,
-        exact, check_recall, threads=threads, seed=seed,
+        exact, check_recall, threads=threads, seed=seed, key_dtype=key_dtype,
     )
     stage.run(config, force=force)
 

@@ -118,6 +118,7 @@ class BankConfig(StageConfig):
     negatives: int = 16  # random bank entries stored per video for the ranking loss (at least `neighbours`)
     threads: int = 1  # HNSW build threads (1 = reproducible)
     seed: int = 0
+    key_dtype: str = "float32"  # float16 halves the stored keys; search runs on their float32 values
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ from .search import (
 )  # fmt: skip
 
 ENTRIES_FILE = "entries.h5"
+KEY_DTYPES = ("float32", "float16")
 NEIGHBOURS_FILE = "neighbours.h5"
 MEDIA = Modality.media()
 DIAGNOSTIC_MAX = 2000  # videos in the key-quality report (N x N similarity matrices)
@@ -139,6 +140,8 @@ def _validate(config: BankConfig) -> None:
             raise UserError(f"{flag} {value}: must be at least {minimum}")
     if not config.bank_splits:
         raise UserError("--bank-splits: name at least one split")
+    if config.key_dtype not in KEY_DTYPES:
+        raise UserError(f"--key-dtype {config.key_dtype}: choose one of {', '.join(KEY_DTYPES)}")
 
 
 def _bank_entries(config: BankConfig, store: FeatureStore, libraries: list[FeatureStore]) -> Entries:
@@ -290,8 +293,9 @@ def run(config: BankConfig, force: bool = False) -> Path:
         fetch_of = partial(store_fetch, store)
         keys, lists, index_meta = {}, {}, {}
         for m in MEDIA:
-            keys[m] = space.keys(entries.fetch(), m)
-            searchers, search = _searchers(keys[m], own_rows, config, out, m)
+            # Stored in --key-dtype; the indexes and exact search use exactly the stored values.
+            keys[m] = space.keys(entries.fetch(), m).astype(config.key_dtype)
+            searchers, search = _searchers(keys[m].astype(np.float32), own_rows, config, out, m)
             lists[m] = _neighbour_lists(space, searchers, fetch_of, query_ids, config, search, m)
             figures[m.value] = {"key_quality": key_quality(space, store, diagnostic, m)}
             if searchers[0].index is not None and config.check_recall > 0:
@@ -380,7 +384,7 @@ class Bank:
             self._sources = [Path(p) for p in h5["sources"].asstr()[()]]
             self._source = h5["source"][()]
             self._entry_ids = list(h5["video_id"].asstr()[()])
-            self._keys = {m: h5[f"keys/{m.value}"][()] for m in MEDIA}
+            self._keys = {m: h5[f"keys/{m.value}"][()].astype(np.float32) for m in MEDIA}
         with h5py.File(self.dir / NEIGHBOURS_FILE, "r") as h5:
             self._row = {video: i for i, video in enumerate(h5["video_id"].asstr()[()])}
             self._lists = {m: {name: h5[f"{m.value}/{name}"][()] for name in ("index", "sim", "negatives")} for m in MEDIA}

@@ -96,7 +96,10 @@ def synth(
 def extract(
     dataset: Annotated[Path, typer.Argument(help="Dataset directory (videos/ and annotation JSON files).")],
     out: Out,
-    encoder: Annotated[str, typer.Option(help="handcrafted, npy, pretrained or imagebind.")] = "handcrafted",
+    encoder: Annotated[str, typer.Option(
+        help="handcrafted, npy, pretrained or imagebind. With imagebind a clip's embedding is the normalised "
+             "mean of its T segment embeddings (ImageBind's own file-level audio embedding averages 3 clips "
+             "at fixed offsets).")] = "handcrafted",
     segments: Annotated[int, typer.Option(help="T: segments (tokens) per clip.")] = 8,
     splits: Annotated[str, typer.Option(help="Comma-separated splits.")] = "train,val,test",
     format: Annotated[str, typer.Option("--format", help="music-avqa or avqa.")] = "music-avqa",

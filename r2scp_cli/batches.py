@@ -31,7 +31,6 @@ def limit_cpu_threads(device: str) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
 
 
-
 class VideoTokens:
     """Segment tokens of the videos a run needs, by video id: in memory when they fit the budget,
     otherwise read from the HDF5 file per batch."""
@@ -118,7 +117,7 @@ def make_batch(
     retrieval, the value tokens of the batch's distinct bank entries (``values``) and, per row,
     the rows of ``values`` holding its n neighbours (``candidates``) and random entries (``negatives``).
     In training (simulated missing), the real tokens of the recovered rows are added as ``real``
-    for the ranking loss and the generative MSE, and random bank entries as ``negatives``."""
+    for the ranking loss and the generative MSE."""
     vids = split.video_ids[idx]
     batch: dict = {"missing": torch.as_tensor(missing, dtype=torch.long)}
     for m in MEDIA:
@@ -165,7 +164,6 @@ def to_device(batch: dict, device: str) -> dict:
     moved = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
     moved["recover"] = {m: {k: v.to(device) for k, v in rec.items()} for m, rec in batch["recover"].items()}
     return moved
-
 
 
 @torch.no_grad()

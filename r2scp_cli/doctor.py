@@ -25,6 +25,8 @@ PROBE_TIMEOUT = 120  # seconds for one import probe in a child process
 
 
 def _version(distribution: str) -> str | None:
+    """Installed version, or None. (Not wheels.distribution_version: that module imports torch, and the
+    doctor must also report an installation whose torch is broken.)"""
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
@@ -96,21 +98,20 @@ def encoder_report(checkpoint: Path | None) -> dict:
 
 def _imagebind_report(imagebind, checkpoint: Path | None) -> dict:
     missing = imagebind.missing_parts()
-    given = checkpoint or os.environ.get(imagebind.CHECKPOINT_ENV)
+    path = imagebind.given_checkpoint(checkpoint)
     found = {}
-    if given:
-        path = Path(given).expanduser()
+    if path is not None:
         found = {"checkpoint": str(path), "checkpoint_found": path.is_file()}
         if path.is_file():
             found["checkpoint_sha256"] = sha256_file(path)
             found["checkpoint_bytes"] = path.stat().st_size
     if missing:
         return _encoder(False, "missing " + ", ".join(missing), imagebind.INSTALL, **found)
-    if not given:
+    if path is None:
         fix = f"pass --checkpoint PATH or export {imagebind.CHECKPOINT_ENV}=PATH (imagebind_huge.pth; never downloaded)"
         return _encoder(False, "model code installed; no checkpoint given", fix, **found)
     if not found["checkpoint_found"]:
-        return _encoder(False, f"checkpoint {given} not found", f"point --checkpoint or {imagebind.CHECKPOINT_ENV} at imagebind_huge.pth", **found)
+        return _encoder(False, f"checkpoint {path} not found", f"point --checkpoint or {imagebind.CHECKPOINT_ENV} at imagebind_huge.pth", **found)
     return _encoder(True, "model code and checkpoint found; a GPU is recommended (about 1.2 B parameters)", **found)
 
 

@@ -360,12 +360,11 @@ class R2ScP(nn.Module):
         if cfg.retrieves:
             if candidates is None:  # the neighbours' projected value tokens [B', n, T, d]
                 candidates = self.projection[m](rec["values"])[rec["candidates"]]
-            projected = candidates
             sims = rec["sims"] if sims is None else sims
-            h_miss, weights = self.cmr[m](projected, sims)
+            h_miss, weights = self.cmr[m](candidates, sims)
             entropy = -(weights * weights.clamp_min(1e-9).log()).sum(-1) / math.log(max(weights.shape[-1], 2))
             confidence = torch.stack([sims.mean(-1), entropy], dim=-1)
-            pool = projected.flatten(1, 2) if cfg.purifies else None  # P: all n*T candidate tokens
+            pool = candidates.flatten(1, 2) if cfg.purifies else None  # P: all n*T candidate tokens
         else:  # cap alone: the modality's mean tokens, and k-means prototypes as the pool
             h_miss = self.projection[m](getattr(self, f"mean_{m}")).expand(rows, -1, -1)
             pool = self.projection[m](getattr(self, f"prototypes_{m}")).expand(rows, -1, -1)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.util
 import os
 import types
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +45,7 @@ from .preprocessing import CLIP_MEAN, CLIP_STD, IMAGEBIND_AUDIO, clip_images, im
 from .wheels import (
     distribution_version,
     import_bare_package,
+    missing_modules,
     package_dir,
     require_modules,
     stand_in_modules,
@@ -74,15 +74,20 @@ CODE_MODULES = ("imagebind", "einops", "ftfy", "regex", "iopath")  # ImageBind's
 # --------------------------------------------------------------------------- loading
 
 
+def given_checkpoint(checkpoint: Path | None) -> Path | None:
+    """``--checkpoint``, else IMAGEBIND_CHECKPOINT, else None (nothing is checked here)."""
+    given = checkpoint or os.environ.get(CHECKPOINT_ENV)
+    return Path(given).expanduser() if given else None
+
+
 def checkpoint_path(config: ExtractConfig) -> Path:
     """``--checkpoint`` or IMAGEBIND_CHECKPOINT; never a download."""
-    given = config.checkpoint or os.environ.get(CHECKPOINT_ENV)
-    if not given:
+    path = given_checkpoint(config.checkpoint)
+    if path is None:
         raise UserError(
             f"encoder 'imagebind' needs a checkpoint: pass --checkpoint PATH or set {CHECKPOINT_ENV} "
             "(imagebind_huge.pth; r2scp never downloads it)"
         )
-    path = Path(given).expanduser()
     if not path.is_file():
         raise UserError(f"{path}: ImageBind checkpoint not found")
     return path
@@ -91,7 +96,7 @@ def checkpoint_path(config: ExtractConfig) -> Path:
 def missing_parts() -> list[str]:
     """The model code this installation lacks, one phrase each (empty: only a checkpoint is needed);
     imports nothing."""
-    return [f"module {name}" for name in CODE_MODULES if importlib.util.find_spec(name) is None]
+    return [f"module {name}" for name in missing_modules(CODE_MODULES)]
 
 
 def _timm_stand_ins() -> dict[str, types.ModuleType]:

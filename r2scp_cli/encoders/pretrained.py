@@ -36,7 +36,9 @@ from ..errors import UserError
 from ..features import EncoderInfo
 from ..media import Clip, frame_size_of
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, SFX_AUDIO, l2_normalise, sfx_log_mel, squashed_images
-from .wheels import distribution_version, load_file_module, package_dir, require_modules, torch_device
+from .wheels import (
+    distribution_version, load_file_module, missing_modules, package_dir, require_modules, torch_device,
+)  # fmt: skip
 
 NAME = "pretrained"
 VERSION = "2"  # the encoder version recorded is "2-<image size>px": features of other sizes never mix
@@ -80,7 +82,7 @@ def _weight_file(part: str) -> WeightFile:
 
 def missing_parts() -> list[str]:
     """What this installation lacks for the encoder, one phrase each (empty: usable); imports nothing."""
-    missing = [f"module {name}" for name in CODE_MODULES if importlib.util.find_spec(name) is None]
+    missing = [f"module {name}" for name in missing_modules(CODE_MODULES)]
     for distribution, package, file in WEIGHTS.values():
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:

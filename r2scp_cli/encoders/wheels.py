@@ -40,9 +40,14 @@ def package_dir(package: str, encoder: str, install: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def missing_modules(modules: tuple[str, ...]) -> list[str]:
+    """The names among ``modules`` that cannot be found (nothing is imported)."""
+    return [name for name in modules if importlib.util.find_spec(name) is None]
+
+
 def require_modules(modules: tuple[str, ...], encoder: str, install: str) -> None:
     """Fail with one line when any of ``modules`` cannot be found (nothing is imported here)."""
-    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    missing = missing_modules(modules)
     if missing:
         raise UserError(f"encoder '{encoder}' needs {', '.join(missing)}: {install}")
 

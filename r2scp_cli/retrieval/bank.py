@@ -295,7 +295,7 @@ def run(config: BankConfig, force: bool = False) -> Path:
         for m in MEDIA:
             # Stored in --key-dtype; the indexes and exact search use exactly the stored values.
             keys[m] = space.keys(entries.fetch(), m).astype(config.key_dtype)
-            searchers, search = _searchers(keys[m].astype(np.float32), own_rows, config, out, m)
+            searchers, search = _searchers(keys[m].astype(np.float32, copy=False), own_rows, config, out, m)
             lists[m] = _neighbour_lists(space, searchers, fetch_of, query_ids, config, search, m)
             figures[m.value] = {"key_quality": key_quality(space, store, diagnostic, m)}
             if searchers[0].index is not None and config.check_recall > 0:

@@ -24,33 +24,59 @@ from .retrieval.bank import Bank
 MEMORY_BUDGET = 4 << 30  # video tokens are held in memory below this size, read per batch above it
 
 
-def limit_cpu_threads(device: str) -> None:
-    """On CPU, use half the cores. The model is small, so its ops gain little from more threads, and
-    OpenMP threads that wait for a core held by another process made a batch 25x slower here."""
+def limit_cpu_threads(device: str, processes: int = 1) -> None:
+    """On CPU, use half the cores, shared by the ``processes`` of a torchrun run. The model is small,
+    so its ops gain little from more threads, and OpenMP threads that wait for a core held by another
+    process made a batch 25x slower here."""
     if device == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2 // processes))
 
 
 class VideoTokens:
     """Segment tokens of the videos a run needs, by video id: in memory when they fit the budget,
-    otherwise read from the HDF5 file per batch."""
+    otherwise read from the HDF5 file per batch.
 
-    def __init__(self, store: FeatureStore, video_ids, modalities=MEDIA, budget: int = MEMORY_BUDGET):
+    A modality left out of ``modalities`` is never read. ``hidden`` (modality -> video id -> lost
+    segments [T] bool, from an evaluation protocol) hides segments: they are never read from the file
+    and stand as zeros; a video whose segments are all hidden is not read at all."""
+
+    def __init__(self, store: FeatureStore, video_ids, modalities=MEDIA, budget: int = MEMORY_BUDGET,
+                 hidden: dict[str, dict[str, np.ndarray]] | None = None):  # fmt: skip
         self.store = store
         self.modalities = tuple(modalities)  # a modality declared missing is never read
+        self.hidden = hidden or {}
         self.index = {v: i for i, v in enumerate(video_ids)}
         info = store.info
         size = len(video_ids) * info.segments * sum(info.dims[m] for m in self.modalities) * 4
         self.cache = None
         if size <= budget:
-            self.cache = {m: store.stack_tokens(list(video_ids), m) for m in self.modalities}
+            self.cache = {m: self._read(list(video_ids), m, strict=False) for m in self.modalities}
+
+    def _read(self, video_ids: list, modality: str, strict: bool = True) -> np.ndarray:
+        hidden = self.hidden.get(modality, {})
+        if not hidden:
+            return self.store.stack_tokens(video_ids, modality)
+        info = self.store.info
+        out = np.zeros((len(video_ids), info.segments, info.dims[modality]), np.float32)
+        for i, video in enumerate(video_ids):
+            lost = hidden.get(video)
+            if lost is None:
+                out[i] = self.store.tokens(video, modality)
+            elif not lost.all():
+                out[i, ~lost] = self.store.tokens(video, modality, np.flatnonzero(~lost))
+            elif strict:
+                raise RuntimeError(f"{modality} tokens of {video} were declared missing and must not be read")
+        return out
 
     def get(self, video_ids, modality: str) -> np.ndarray:
         if modality not in self.modalities:
             raise RuntimeError(f"{modality} tokens were declared missing and must not be read")
+        hidden = self.hidden.get(modality, {})
+        if any(hidden.get(v) is not None and hidden[v].all() for v in video_ids):
+            raise RuntimeError(f"{modality} tokens of a video declared missing were requested")
         if self.cache is not None:
             return self.cache[modality][[self.index[v] for v in video_ids]]
-        return self.store.stack_tokens(list(video_ids), modality)
+        return self._read(list(video_ids), modality)
 
 
 @dataclass
@@ -111,20 +137,30 @@ def make_batch(
     retrieve: Retrieve | None,
     bank: Bank | None,
     training: bool,
+    lost: np.ndarray | None = None,
 ) -> dict:
     """A batch keyed by modality. The tokens of a modality are read only for the rows that have it;
     rows that miss it get zeros here and their recovery inputs in ``batch["recover"][m]``: with
     retrieval, the value tokens of the batch's distinct bank entries (``values``) and, per row,
     the rows of ``values`` holding its n neighbours (``candidates``) and random entries (``negatives``).
     In training (simulated missing), the real tokens of the recovered rows are added as ``real``
-    for the ranking loss and the generative MSE."""
+    for the ranking loss and the generative MSE.
+
+    ``lost`` ([B, T] bool) marks, for rows that miss a modality, the segments they lost; a row that
+    lost only some (partial loss) keeps its surviving tokens in ``batch[m]``, carries its mask as
+    ``recover[m]["lost"]`` and gets every stored neighbour, which the model re-ranks with them."""
     vids = split.video_ids[idx]
     batch: dict = {"missing": torch.as_tensor(missing, dtype=torch.long)}
+    partial = np.zeros(len(idx), bool) if lost is None else (missing > 0) & ~lost.all(1)
     for m in MEDIA:
         have = missing != MISSING_CODES[m]
         tokens = np.zeros((len(idx), cfg.segments, cfg.dims[m]), np.float32)
-        if have.any():
-            tokens[have] = videos.get(vids[have], m)
+        read = have | (partial & ~have)
+        if read.any():
+            tokens[read] = videos.get(vids[read], m)
+        keep_lost = read & ~have  # partial rows: their lost segments stand as zeros
+        if keep_lost.any():
+            tokens[keep_lost] = np.where(lost[keep_lost][..., None], 0.0, tokens[keep_lost])
         batch[m] = torch.from_numpy(tokens)
     batch["q_tokens"] = split.q_tokens[idx]
     batch["q_mask"] = split.q_mask[idx]
@@ -138,9 +174,14 @@ def make_batch(
         if len(rows) == 0:
             continue
         rec: dict = {"rows": torch.as_tensor(rows, dtype=torch.long)}
+        partial_rows = partial[rows].any()
+        if partial_rows:
+            rec["lost"] = torch.from_numpy(lost[rows].copy())
         if cfg.retrieves:
             entries, sims = retrieve(vids[rows], m)
-            lists = {"candidates": entries[:, : cfg.n]}
+            width = entries.shape[1] if partial_rows else cfg.n  # partial loss: all, for the re-ranking
+            entries, sims = entries[:, :width], sims[:, :width]
+            lists = {"candidates": entries}
             if training:
                 lists["negatives"] = bank.negatives(vids[rows], m)[:, : cfg.n]
             # Rows share neighbours: each bank entry of the batch is read (and projected) once.
@@ -150,7 +191,7 @@ def make_batch(
             for name, ids in lists.items():  # [B', n] rows of rec["values"]
                 rec[name] = torch.as_tensor(inverse[start : start + ids.size].reshape(ids.shape), dtype=torch.long)
                 start += ids.size
-            rec["sims"] = torch.from_numpy(np.ascontiguousarray(sims[:, : cfg.n], np.float32))
+            rec["sims"] = torch.from_numpy(np.ascontiguousarray(sims, np.float32))
         if training and (cfg.retrieves or cfg.recovery == "generative"):  # ranking loss / generator MSE
             rec["real"] = torch.from_numpy(videos.get(vids[rows], m))
         recover[m] = rec
@@ -168,16 +209,21 @@ def to_device(batch: dict, device: str) -> dict:
 
 @torch.no_grad()
 def predict(model: R2ScP, split: Split, setting: str, videos: VideoTokens, retrieve, bank, batch_size: int,
-            device: str, route: bool = True):  # fmt: skip
-    """Log-probabilities of every question with ``setting`` removed from every sample:
-    {"audio"/"visual"/"text": [N, A]} and, when ``route``, {"routed": [N, A], "alpha": [N, 3]}."""
+            device: str, route: bool = True, masks=None):  # fmt: skip
+    """Log-probabilities of every question with ``setting`` removed from every sample, or with what
+    ``masks`` (a protocols.Masks of the split's rows) removes: {"audio"/"visual"/"text": [N, A]} and,
+    when ``route``, {"routed": [N, A], "alpha": [N, 3]}."""
     model.eval()
-    missing = np.full(len(split), MISSING_CODES[setting])
+    if masks is None:
+        missing, lost = np.full(len(split), MISSING_CODES[setting]), None
+    else:
+        missing, lost = masks.missing, masks.lost
     out: dict[str, list] = {k: [] for k in (("routed", "alpha") if route else ()) + EXPERTS}
     for start in range(0, len(split), batch_size):
         idx = np.arange(start, min(start + batch_size, len(split)))
-        batch = to_device(make_batch(split, idx, missing[idx], videos, model.cfg, retrieve, bank, False), device)
-        result = model(batch, route=route)
+        batch = make_batch(split, idx, missing[idx], videos, model.cfg, retrieve, bank, False,
+                           None if lost is None else lost[idx])  # fmt: skip
+        result = model(to_device(batch, device), route=route)
         if route:
             out["routed"].append(torch.log_softmax(result["logits"], -1).cpu())
             out["alpha"].append(result["alpha"].cpu())

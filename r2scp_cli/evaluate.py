@@ -1,7 +1,9 @@
-"""`r2scp eval`: one trained run, one split, one modality removed from every sample.
+"""`r2scp eval`: one trained run, one split, under one missing-modality protocol.
 
-The missing modality's real features are never read: its tokens are not loaded (see
-``batches.VideoTokens``), and recovery queries the bank with the available modality only.
+The protocol (``protocols.Protocol``: which modality, the share of videos, the share of segments,
+the mask seed) removes a modality from every video or from some; the removed features are never read
+(``batches.VideoTokens`` hides them, lost segments included), and recovery queries the bank with the
+available modality only.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from .console import console
 from .errors import UserError
 from .features import FeatureStore
 from .model import EXPERTS, MEDIA
+from .protocols import Masks, Protocol, eval_masks
 from .report import compute_metrics, print_metrics
 from .retrieval.bank import Bank, key_verdict
 
-MISSING_SETTINGS = ("none", "audio", "visual", "text")
 RUN_STAGES = {"train-router": "router", "train-experts": "experts"}
 
 
@@ -73,8 +75,7 @@ def answers_hash(answers) -> str:
 
 def run(config: EvalConfig, force: bool = False) -> Path:
     """Evaluate and write metrics.json and predictions.jsonl; returns the output directory."""
-    if config.missing not in MISSING_SETTINGS:
-        raise UserError(f"--missing {config.missing}: choose one of {', '.join(MISSING_SETTINGS)}")
+    protocol = protocol_of(config).check()
     kind, meta, stage_one = run_meta(config.run)
     trained_on = Path(stage_one["config"]["features"])
     features = config.features or trained_on
@@ -82,7 +83,7 @@ def run(config: EvalConfig, force: bool = False) -> Path:
     stage = artifacts.begin("eval", config.out, config, inputs, force=force)
     if stage.finished:
         console.print(f"{config.out}: already evaluated (use --force to redo)")
-        print_metrics(artifacts.read_json(config.out / "metrics.json")["metrics"], _title(kind, stage_one, config))
+        print_metrics(artifacts.read_json(config.out / "metrics.json")["metrics"], _title(kind, stage_one, config, protocol))
         return config.out
 
     limit_cpu_threads(config.device)
@@ -93,13 +94,19 @@ def run(config: EvalConfig, force: bool = False) -> Path:
     if same_file:
         retrieve = bank.neighbours  # precomputed lists of this very file
     else:  # another file: retrieve on the fly, from its available modality only
-        retrieve = lambda vids, m: bank.search(store, vids, m, model.cfg.n)  # noqa: E731
+        width = model.cfg.n if protocol.partial >= 1.0 else max(model.cfg.n, bank.meta["figures"]["neighbours"])
+        retrieve = lambda vids, m: bank.search(store, vids, m, width)  # noqa: E731  (partial loss re-ranks them all)
 
-    split = load_split(store, config.split, read_text=config.missing != "text")
-    available = tuple(m for m in MEDIA if m != config.missing)
-    videos = VideoTokens(store, sorted(set(split.video_ids)), modalities=available)
-    p = predict(model, split, config.missing, videos, retrieve, bank, config.batch_size, config.device,
-                route=kind == "router")  # fmt: skip
+    masks = eval_masks(protocol, store.questions.video_id[store.questions.rows(config.split)], store.info.segments)
+    split = load_split(store, config.split, read_text=protocol.missing != "text")
+    if protocol.missing == "text":
+        reveal_questions(store, split, masks)
+    # A modality every video loses whole is not opened at all; lost segments and videos are hidden.
+    whole = protocol.rate >= 1.0 and protocol.partial >= 1.0
+    available = tuple(m for m in MEDIA if not (whole and protocol.missing == m))
+    videos = VideoTokens(store, sorted(set(split.video_ids)), modalities=available, hidden=masks.hidden(split.video_ids))
+    p = predict(model, split, protocol.missing, videos, retrieve, bank, config.batch_size, config.device,
+                route=kind == "router", masks=masks)  # fmt: skip
 
     combined = p["routed"] if kind == "router" else sum(p[m] for m in EXPERTS)
     records = prediction_records(store, split, combined, p["alpha"] if kind == "router" else None)
@@ -111,6 +118,8 @@ def run(config: EvalConfig, force: bool = False) -> Path:
         "encoder": store.info.encoder,
         "format": store.format,
         "missing": config.missing,
+        "protocol": {**protocol.to_dict(), "affected_videos": len(set(split.video_ids[masks.missing > 0])),
+                     "videos": len(set(split.video_ids)), "affected_questions": int((masks.missing > 0).sum())},
         "split": config.split,
         "kind": kind,
         "metrics": metrics,
@@ -131,14 +140,30 @@ def run(config: EvalConfig, force: bool = False) -> Path:
     with artifacts.atomic_path(config.out / "predictions.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     artifacts.write_json(config.out / "metrics.json", result)
-    print_metrics(metrics, _title(kind, stage_one, config))
+    print_metrics(metrics, _title(kind, stage_one, config, protocol))
     stage.finish(figures={"overall": metrics["overall"]["accuracy"], "evaluated": len(records)})
     return config.out
 
 
-def _title(kind: str, stage_one: dict, config: EvalConfig) -> str:
+def protocol_of(config: EvalConfig) -> Protocol:
+    return Protocol(config.missing, config.rate, config.partial, config.mask_seed)
+
+
+def reveal_questions(store: FeatureStore, split, masks: Masks) -> None:
+    """Text removed from some questions only (--rate < 1): the split was loaded without text; read
+    the question features of the unaffected rows alone."""
+    keep = np.flatnonzero(masks.missing == 0)
+    if len(keep) == 0:
+        return
+    arrays = store.question_arrays(split.rows[keep], fields=("tokens", "mask", "global"))
+    split.q_tokens[keep] = torch.as_tensor(arrays["tokens"])
+    split.q_mask[keep] = torch.as_tensor(arrays["mask"])
+    split.q_global[keep] = torch.as_tensor(arrays["global"])
+
+
+def _title(kind: str, stage_one: dict, config: EvalConfig, protocol: Protocol) -> str:
     recovery = stage_one["config"]["recovery"]
-    return f"{recovery} ({kind}, seed {stage_one['config']['seed']}) — {config.split}, missing {config.missing}"
+    return f"{recovery} ({kind}, seed {stage_one['config']['seed']}) — {config.split}, {protocol.name}"
 
 
 def prediction_records(store: FeatureStore, split, log_probs: torch.Tensor, alpha: torch.Tensor | None) -> list[dict]:

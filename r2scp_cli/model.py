@@ -50,6 +50,7 @@ class ModelConfig:
     dropout: float = 0.1
     memory_slots: int = 64  # generative baseline
     prototypes: int = 40  # cap without retrieval: k-means prototypes forming the pool
+    trained_for: dict | None = None  # stage 1's simulated loss: p_missing, simulate, partial (a record only)
 
     @property
     def k(self) -> int:
@@ -130,13 +131,16 @@ class ContextAwarePurification(nn.Module):
         self.relevance_query = nn.Linear(d, d)
         self.relevance_key = nn.Linear(d, d)
 
-    def identify_noise(self, h_miss: torch.Tensor, available: list[torch.Tensor], q_global: torch.Tensor):
+    def identify_noise(self, h_miss: torch.Tensor, available: list[torch.Tensor], q_global: torch.Tensor,
+                       eligible: torch.Tensor | None = None):  # fmt: skip
         """Step 1. g_avl = LN(mean of the available modalities and the question);
-        delta_i = 1 - cos(W_proj H_miss[i], g_avl); Omega_noise = top-k delta."""
+        delta_i = 1 - cos(W_proj H_miss[i], g_avl); Omega_noise = top-k delta, among the ``eligible``
+        positions ([B, T] bool: under partial loss, the lost ones) when given."""
         context = torch.stack([tokens.mean(dim=1) for tokens in available] + [q_global], dim=1)
         g_avl = self.anchor_norm(context.mean(dim=1))  # [B, d]
         delta = 1.0 - F.cosine_similarity(self.w_proj(h_miss), g_avl[:, None, :], dim=-1)  # [B, T]
-        omega_noise = delta.topk(self.k, dim=-1).indices  # [B, k], largest delta first
+        ranked = delta if eligible is None else delta.masked_fill(~eligible, float("-inf"))
+        omega_noise = ranked.topk(self.k, dim=-1).indices  # [B, k], largest delta first
         return delta, omega_noise
 
     def acquire(self, pool: torch.Tensor, q_tokens: torch.Tensor, q_pad: torch.Tensor, q_global: torch.Tensor):
@@ -159,20 +163,25 @@ class ContextAwarePurification(nn.Module):
         return h_guided, relevance, omega_salient
 
     @staticmethod
-    def inject(h_miss, h_guided, delta, omega_noise, relevance, omega_salient) -> torch.Tensor:
+    def inject(h_miss, h_guided, delta, omega_noise, relevance, omega_salient, eligible=None) -> torch.Tensor:
         """Step 3. H_pur = (1 - M_noise) * H_miss + M_noise * Gather(H_guided, Omega_salient):
-        the i-th noisiest position receives the i-th most relevant pool token; nothing else changes."""
+        the i-th noisiest position receives the i-th most relevant pool token; nothing else changes
+        (nor does a chosen position outside ``eligible``, when fewer than k positions are eligible)."""
         d = h_miss.shape[-1]
+        index = omega_noise[..., None].expand(-1, -1, d)
         gathered = h_guided.gather(1, omega_salient[..., None].expand(-1, -1, d))  # [B, k, d]
         # Values unchanged; gradients reach the relevance and consistency scores through the choice.
         gate = straight_through(relevance.gather(1, omega_salient)) * straight_through(delta.gather(1, omega_noise))
+        written = gathered * gate[..., None]
+        if eligible is not None:
+            written = torch.where(eligible.gather(1, omega_noise)[..., None], written, h_miss.gather(1, index))
         # Writing the gathered tokens at Omega_noise is the formula: (1 - M_noise) keeps every other position.
-        return h_miss.scatter(1, omega_noise[..., None].expand(-1, -1, d), gathered * gate[..., None])
+        return h_miss.scatter(1, index, written)
 
-    def forward(self, h_miss, pool, available, q_tokens, q_pad, q_global):
-        delta, omega_noise = self.identify_noise(h_miss, available, q_global)
+    def forward(self, h_miss, pool, available, q_tokens, q_pad, q_global, eligible=None):
+        delta, omega_noise = self.identify_noise(h_miss, available, q_global, eligible)
         h_guided, relevance, omega_salient = self.acquire(pool, q_tokens, q_pad, q_global)
-        h_pur = self.inject(h_miss, h_guided, delta, omega_noise, relevance, omega_salient)
+        h_pur = self.inject(h_miss, h_guided, delta, omega_noise, relevance, omega_salient, eligible)
         return h_pur, {"delta": delta, "omega_noise": omega_noise, "omega_salient": omega_salient,
                        "relevance": relevance, "h_guided": h_guided}  # fmt: skip
 
@@ -259,6 +268,28 @@ class Router(nn.Module):
         stacked = torch.stack([h[m] for m in EXPERTS], dim=1)  # [B, 3, d]
         alpha = torch.softmax(self.gate(torch.cat([stacked.flatten(1), flags, confidence], dim=-1)), dim=-1)
         return torch.einsum("bm,bmd->bd", alpha, stacked), alpha
+
+
+def keep_survivors(h_miss: torch.Tensor, context: dict) -> torch.Tensor:
+    """Under partial loss the recovered tokens fill the lost positions only; the clip's own surviving
+    tokens keep theirs. Without a ``lost`` mask the whole modality was lost and H_miss is all of it."""
+    if "lost" not in context:
+        return h_miss
+    return torch.where(context["lost"][..., None], h_miss, context["own"])
+
+
+def rerank(candidates: torch.Tensor, sims: torch.Tensor, own: torch.Tensor, lost: torch.Tensor, n: int):
+    """Partial loss: the clip's surviving segments join the query. Every stored neighbour [B, N, T, d]
+    is scored by the mean of its key similarity and the cosine between its mean token and the clip's own
+    over the surviving positions; the n best stay, with that score as their similarity."""
+    kept = (~lost).float()  # [B, T]
+    count = kept.sum(1).clamp_min(1.0)
+    own_mean = (own * kept[..., None]).sum(1) / count[:, None]  # [B, d]
+    candidate_mean = (candidates * kept[:, None, :, None]).sum(2) / count[:, None, None]  # [B, N, d]
+    score = (sims + F.cosine_similarity(candidate_mean, own_mean[:, None], dim=-1)) / 2
+    top = score.topk(n, dim=-1).indices  # [B, n]
+    chosen = candidates.gather(1, top[..., None, None].expand(-1, -1, *candidates.shape[2:]))
+    return chosen, score.gather(1, top)
 
 
 def ranking_loss(s_real, s_retrieved, s_random, margin: float) -> torch.Tensor:
@@ -353,14 +384,17 @@ class R2ScP(nn.Module):
         rows = q_global.shape[0]
         confidence = q_global.new_zeros(rows, 2)
         if cfg.recovery == "zero":
-            return q_global.new_zeros(rows, cfg.segments, cfg.d_model), confidence, None
+            return keep_survivors(q_global.new_zeros(rows, cfg.segments, cfg.d_model), context), confidence, None
         if cfg.recovery == "generative":
             generated = self.generator[m](context["available"], q_global)
-            return self.projection[m].linear(generated), confidence, generated
+            return keep_survivors(self.projection[m].linear(generated), context), confidence, generated
         if cfg.retrieves:
             if candidates is None:  # the neighbours' projected value tokens [B', n, T, d]
                 candidates = self.projection[m](rec["values"])[rec["candidates"]]
             sims = rec["sims"] if sims is None else sims
+            if "lost" in context and candidates.shape[1] > cfg.n:
+                candidates, sims = rerank(candidates, sims, context["own"], context["lost"], cfg.n)
+            context["chosen_sims"] = sims  # the similarities CMR weighed (the ranking loss's random fill reuses them)
             h_miss, weights = self.cmr[m](candidates, sims)
             entropy = -(weights * weights.clamp_min(1e-9).log()).sum(-1) / math.log(max(weights.shape[-1], 2))
             confidence = torch.stack([sims.mean(-1), entropy], dim=-1)
@@ -368,8 +402,10 @@ class R2ScP(nn.Module):
         else:  # cap alone: the modality's mean tokens, and k-means prototypes as the pool
             h_miss = self.projection[m](getattr(self, f"mean_{m}")).expand(rows, -1, -1)
             pool = self.projection[m](getattr(self, f"prototypes_{m}")).expand(rows, -1, -1)
-        if cfg.purifies:
-            h_miss, _ = self.cap[m](h_miss, pool, [context["available"]], context["q_tokens"], context["q_pad"], q_global)
+        h_miss = keep_survivors(h_miss, context)
+        if cfg.purifies:  # under partial loss CAP may replace only lost positions
+            h_miss, _ = self.cap[m](h_miss, pool, [context["available"]], context["q_tokens"], context["q_pad"], q_global,
+                                    context.get("lost"))  # fmt: skip
         return h_miss, confidence, None
 
     # -- forward
@@ -391,6 +427,8 @@ class R2ScP(nn.Module):
             rows = rec["rows"]
             # A sample misses at most one media modality, so the other one is real for these rows.
             context = self.recovery_context(m, batch, rows, text_present)
+            if "lost" in rec:  # partial loss: the surviving segments stay and join the query
+                context.update(lost=rec["lost"], own=tokens[m][rows])
             values = self.projection[m](rec["values"]) if self.cfg.retrieves else None  # [U, T, d], once
             h_rec, conf, generated = self.recover(m, rec, context, None if values is None else values[rec["candidates"]])
             tokens[m] = tokens[m].index_put((rows,), h_rec)

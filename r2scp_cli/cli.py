@@ -112,6 +112,12 @@ def extract(
     image_size: Annotated[int, typer.Option(
         help="--encoder pretrained: frame size fed to the network (0: the source's shorter side, at most 224; "
              "recorded in the encoder version, so features of other sizes never mix).")] = 0,
+    degrade: Annotated[str, typer.Option(
+        help="Corrupt the decoded media per segment before encoding, e.g. "
+             "'audio:noise=0dB,share=0.5;visual:blur=3,share=0.3' (audio: noise=SNR, babble=SNR, dropout; "
+             "visual: blur=R, occlude=A, freeze; options share=P, pick=burst|independent). The corrupted "
+             "segments are recorded per video (README: degraded media).")] = "",
+    degrade_seed: Annotated[int, typer.Option(help="--degrade: seed of the corrupted segments, drawn per video.")] = 0,
     force: Force = False,
 ) -> None:
     """Decode media and encode clips and questions into an HDF5 feature store."""
@@ -119,7 +125,7 @@ def extract(
 
     config = ExtractConfig(
         dataset, out, encoder, segments, _csv(splits), format, batch_size, max_failures,
-        audio_npy, visual_npy, checkpoint, device, image_size,
+        audio_npy, visual_npy, checkpoint, device, image_size, degrade=degrade, degrade_seed=degrade_seed,
     )
     stage.run(config, force=force)
 

@@ -98,6 +98,8 @@ class ExtractConfig(StageConfig):
     checkpoint: Path | None = None  # --encoder imagebind
     device: str = "cpu"
     image_size: int = 0  # --encoder pretrained: network input in pixels; 0 = the source's, at most 224
+    degrade: str = ""  # corrupt the decoded media per segment (degrade.py grammar); "" = clean
+    degrade_seed: int = 0  # with the video id, draws which segments are corrupted
 
 
 @dataclass(frozen=True)

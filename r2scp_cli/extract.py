@@ -4,6 +4,8 @@ The stage reads the annotation files (every record, or a one-line error), decode
 video once (in a pool of worker processes when there are many; a cheap CPU encoder encodes there
 too), encodes clips in batches and appends them to ``<out>.partial`` as they finish, so an
 interrupted run resumes where it stopped (failed videos are retried).
+With ``--degrade`` every decoded clip is corrupted per segment (degrade.py) before it is encoded,
+and the corrupted segments of each video are written beside its tokens.
 Videos that cannot be read are listed with a reason and their questions are excluded; when more
 than ``--max-failures`` of the videos fail the stage stops with the list and leaves only the
 partial file. Finally the questions are encoded, the file takes its final name and its meta file
@@ -22,7 +24,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import artifacts
+from . import artifacts, degrade
 from .config import DATASET_FORMATS, ExtractConfig
 from .console import console, progress_bar
 from .datasets import Dataset, Question, read_dataset
@@ -52,6 +54,8 @@ def run(config: ExtractConfig, force: bool = False, workers: int | None = None) 
         console.print(f"{config.out}: already extracted with these settings (use --force to redo)")
         return config.out
     encoder = build_encoder(config)
+    if config.degrade.strip() and hasattr(encoder, "load_clip"):
+        raise UserError(f"--degrade corrupts decoded media; encoder '{config.encoder}' reads no media")
     partial = config.out.with_name(config.out.name + ".partial")
     config.out.unlink(missing_ok=True)  # its meta is gone: an old file must not look current
     if force:
@@ -66,7 +70,8 @@ def run(config: ExtractConfig, force: bool = False, workers: int | None = None) 
         writer.finalize(dataset.answers, columns, arrays)
     finally:
         writer.close()
-    stage.finish(figures=_figures(dataset, kept, excluded, failures, rate, encoder))
+    stage.finish(figures={**_figures(dataset, kept, excluded, failures, rate, encoder),
+                          **_degrade_figures(config, dataset, failures)})
     console.print(
         f"{config.out}: {len(dataset.video_ids()) - len(failures)} videos, {len(kept)} questions "
         f"({len(excluded)} excluded, {len(failures)} videos failed), {rate:.1f} clips/s"
@@ -83,33 +88,49 @@ def _check_config(config: ExtractConfig) -> None:
         raise UserError(f"--batch-size must be at least 1, got {config.batch_size}")
     if not 0.0 <= config.max_failures <= 1.0:
         raise UserError(f"--max-failures is a share of the videos in [0, 1], got {config.max_failures}")
+    degradation = _degradation(config)
+    if degradation:
+        degradation.check(config.segments)
+
+
+def _degradation(config: ExtractConfig) -> degrade.Degradation | None:
+    """The parsed ``--degrade`` spec with its seed (None: clean media)."""
+    return degrade.parse(config.degrade, config.degrade_seed)
 
 
 def _file_attrs(config: ExtractConfig) -> dict:
     """Attributes besides the encoder's: a partial file with other values is not resumed."""
-    return {
+    attrs = {
         "format": config.format,
         "dataset": str(Path(config.dataset).resolve()),
         "splits": ",".join(config.splits),
     }
+    degradation = _degradation(config)  # an extra attribute: encoder, dims and vocabulary stay the clean file's
+    attrs["degrade"] = degradation.spec if degradation else "none"
+    if degradation:
+        attrs["degrade_seed"] = degradation.seed
+    return attrs
 
 
 # --------------------------------------------------------------------------- videos
 
 
-_WORKER: dict = {}  # per worker process: the encoder (when it encodes there), segments, frame size
+_WORKER: dict = {}  # per worker process: the encoder (when it encodes there), segments, frame size, degradation
 
 
-def _init_worker(encoder: Encoder | None, segments: int, frame_size) -> None:
-    _WORKER.update(encoder=encoder, segments=segments, frame_size=frame_size)
+def _init_worker(encoder: Encoder | None, segments: int, frame_size,
+                 degradation: degrade.Degradation | None = None) -> None:
+    _WORKER.update(encoder=encoder, segments=segments, frame_size=frame_size, degradation=degradation)
 
 
 def _decode_job(path: Path, video_id: str) -> Clip | str:
-    """Worker job: the decoded clip, or the reason it could not be decoded."""
+    """Worker job: the decoded clip (corrupted when degrading), or the reason it could not be decoded."""
     try:
-        return decode_clip(path, _WORKER["segments"], _WORKER["frame_size"], video_id)
+        clip = decode_clip(path, _WORKER["segments"], _WORKER["frame_size"], video_id)
     except ClipFailure as failure:
         return str(failure)
+    degradation = _WORKER.get("degradation")
+    return degradation.apply(clip) if degradation else clip
 
 
 def _encode_job(path: Path, video_id: str) -> dict[str, np.ndarray] | str:
@@ -135,11 +156,11 @@ def _pooled(job, initargs: tuple, dataset: Dataset, video_ids: Sequence[str],
             yield done_id, future.result()
 
 
-def _serial_clips(encoder: Encoder, dataset: Dataset, video_ids: Sequence[str],
-                  segments: int) -> Iterator[tuple[str, Clip | str]]:
+def _serial_clips(encoder: Encoder, dataset: Dataset, video_ids: Sequence[str], segments: int,
+                  degradation: degrade.Degradation | None = None) -> Iterator[tuple[str, Clip | str]]:
     """(video id, clip or failure reason), read in this process (media, or the encoder's own loader)."""
     load_clip = getattr(encoder, "load_clip", None)
-    _init_worker(None, segments, getattr(encoder, "frame_size", None))
+    _init_worker(None, segments, getattr(encoder, "frame_size", None), degradation)
     for video_id in video_ids:
         if load_clip is None:
             yield video_id, _decode_job(dataset.video_path(video_id), video_id)
@@ -160,14 +181,16 @@ def _encoded_batches(encoder: Encoder, dataset: Dataset, video_ids: Sequence[str
     """
     frame_size = getattr(encoder, "frame_size", None)
     media = not hasattr(encoder, "load_clip")
+    degradation = _degradation(config)
     if workers and media and getattr(encoder, "encode_in_workers", False):
-        results = _pooled(_encode_job, (encoder, config.segments, frame_size), dataset, video_ids, workers)
+        initargs = (encoder, config.segments, frame_size, degradation)
+        results = _pooled(_encode_job, initargs, dataset, video_ids, workers)
         yield from _batches(results, config.batch_size)
         return
     if workers and media:
-        clips = _pooled(_decode_job, (None, config.segments, frame_size), dataset, video_ids, workers)
+        clips = _pooled(_decode_job, (None, config.segments, frame_size, degradation), dataset, video_ids, workers)
     else:
-        clips = _serial_clips(encoder, dataset, video_ids, config.segments)
+        clips = _serial_clips(encoder, dataset, video_ids, config.segments, degradation)
     for batch in _batches(clips, config.batch_size):
         decoded = [item for _, item in batch if isinstance(item, Clip)]
         arrays = iter(encoder.encode_clips(decoded) if decoded else [])
@@ -199,6 +222,7 @@ def _extract_videos(writer: FeatureWriter, encoder: Encoder, dataset: Dataset, c
     if workers is None:
         workers = min(2, os.cpu_count() or 1) if len(todo) >= POOL_MIN_VIDEOS else 0
     start, processed = time.perf_counter(), 0
+    degradation = _degradation(config)
     with progress_bar("clips_s") as bar:
         task = bar.add_task("extract", total=len(needed), completed=len(needed) - len(todo), clips_s="-")
         for batch in _encoded_batches(encoder, dataset, todo, config, workers):
@@ -206,7 +230,8 @@ def _extract_videos(writer: FeatureWriter, encoder: Encoder, dataset: Dataset, c
                 if isinstance(result, str):
                     writer.add_failure(video_id, result)
                 else:
-                    writer.add_video(video_id, result)
+                    degraded = degradation.masks(video_id, config.segments) if degradation else None
+                    writer.add_video(video_id, result, degraded)
             writer.flush()
             processed += len(batch)
             rate = processed / max(time.perf_counter() - start, 1e-9)
@@ -225,6 +250,20 @@ def _check_failures(failures: dict[str, str], videos: int, max_failures: float, 
         f"{len(failures)} of {videos} videos failed ({what}): {shown}{more}; "
         f"fix them and rerun (extracted videos are kept in {partial.name})"
     )
+
+
+def _degrade_figures(config: ExtractConfig, dataset: Dataset, failures: dict[str, str]) -> dict:
+    """With --degrade: the canonical spec, its seed and the corrupted segments per modality."""
+    degradation = _degradation(config)
+    if not degradation:
+        return {}
+    counts = dict.fromkeys(degradation.modalities, 0)
+    videos = [v for v in dataset.video_ids() if v not in failures]
+    for video_id in videos:
+        for modality, mask in degradation.masks(video_id, config.segments).items():
+            counts[modality] += int(mask.sum())
+    return {"degrade": {"spec": degradation.spec, "seed": degradation.seed, "segments": counts,
+                        "of_segments": len(videos) * config.segments}}
 
 
 # --------------------------------------------------------------------------- questions

@@ -5,11 +5,14 @@ Layout::
 
     /attrs  schema_version, encoder, encoder_version, weights_sha256, joint_space, pretrained,
             segments, dim_audio, dim_visual, dim_text, dim_audio_global, dim_visual_global,
-            dim_text_global, question_tokens, format, dataset, preprocessing (JSON)
+            dim_text_global, question_tokens, format, dataset, preprocessing (JSON),
+            degrade ("none", or the canonical `extract --degrade` spec) and degrade_seed (when degraded)
     /videos/<video_id>/audio          float16 [T, D_a]
     /videos/<video_id>/visual         float16 [T, D_v]
     /videos/<video_id>/audio_global   float32 [D]      L2-normalised
     /videos/<video_id>/visual_global  float32 [D]
+    /videos/<video_id>/degraded_audio bool [T]         (with --degrade, per degraded modality) the
+    /videos/<video_id>/degraded_visual bool [T]        segments whose media were corrupted
     /failed/video_id, /failed/reason  str [F]          videos that could not be decoded
     /questions/qid, video_id, split, type, subtype, answer, text    str [Q]
     /questions/answer_index           int64 [Q]        index into /answers (MUSIC-AVQA) or option (AVQA)
@@ -143,6 +146,11 @@ class FeatureStore:
         columns = {name: np.asarray(q[name].asstr()[()], dtype=object) for name in QUESTION_STRINGS}
         self.questions = QuestionTable(**columns, answer_index=q["answer_index"][()])
         self.has_options = "options" in q
+        spec = str(attrs.get("degrade", "none"))
+        self.degradation: dict | None = None  # {"spec", "seed", "modalities"} of a degraded file
+        if spec != "none":
+            modalities = sorted({clause.split(":")[0] for clause in spec.split(";")})
+            self.degradation = {"spec": spec, "seed": int(attrs.get("degrade_seed", 0)), "modalities": modalities}
 
     # -- videos
     def tokens(self, video_id: str, modality: Modality | str) -> np.ndarray:
@@ -164,6 +172,16 @@ class FeatureStore:
         if not len(video_ids):
             return np.zeros((0, dim), np.float32)
         return np.stack([self.global_vector(v, modality) for v in video_ids])
+
+    def degraded_segments(self, video_ids: Sequence[str], modality: Modality | str) -> np.ndarray | None:
+        """bool [V, T]: the segments of each video whose media `extract --degrade` corrupted (the truth
+        for noise identification); None when this file's ``modality`` was not degraded."""
+        name = Modality(modality).value
+        if self.degradation is None or name not in self.degradation["modalities"]:
+            return None
+        if not len(video_ids):
+            return np.zeros((0, self.info.segments), bool)
+        return np.stack([self._h5[f"videos/{v}/degraded_{name}"][()] for v in video_ids]).astype(bool)
 
     def videos_of(self, splits: Iterable[str]) -> list[str]:
         """Sorted ids of the extracted videos that have a question in one of ``splits``."""
@@ -244,7 +262,7 @@ class FeatureWriter:
         """Delete video groups that an interruption left without all four arrays."""
         videos = self._h5["videos"]
         for video_id in list(videos.keys()):
-            if set(videos[video_id].keys()) != set(_VIDEO_ARRAYS):
+            if not set(_VIDEO_ARRAYS) <= set(videos[video_id].keys()):
                 del videos[video_id]
 
     def retry_failures(self) -> dict[str, str]:
@@ -264,9 +282,14 @@ class FeatureWriter:
     def failures(self) -> dict[str, str]:
         return dict(zip(self._h5["failed/video_id"].asstr()[()], self._h5["failed/reason"].asstr()[()]))
 
-    def add_video(self, video_id: str, arrays: dict[str, np.ndarray]) -> None:
-        """``arrays``: audio, visual [T, D] and audio_global, visual_global [D]."""
+    def add_video(self, video_id: str, arrays: dict[str, np.ndarray],
+                  degraded: dict[str, np.ndarray] | None = None) -> None:
+        """``arrays``: audio, visual [T, D] and audio_global, visual_global [D]; ``degraded``: per
+        degraded modality its corrupted segments, bool [T] (written first: a video is complete once
+        its four arrays are in)."""
         group = self._h5["videos"].create_group(video_id)
+        for name, mask in (degraded or {}).items():
+            group.create_dataset(f"degraded_{name}", data=np.asarray(mask, bool))
         for name in ("audio", "visual"):
             group.create_dataset(name, data=np.asarray(arrays[name], np.float16))
             group.create_dataset(f"{name}_global", data=np.asarray(arrays[f"{name}_global"], np.float32))

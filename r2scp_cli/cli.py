@@ -118,16 +118,34 @@ def extract(
              "visual: blur=R, occlude=A, freeze; options share=P, pick=burst|independent). The corrupted "
              "segments are recorded per video (README: degraded media).")] = "",
     degrade_seed: Annotated[int, typer.Option(help="--degrade: seed of the corrupted segments, drawn per video.")] = 0,
+    shard: Annotated[Optional[str], typer.Option(
+        help="i/N: extract only shard i (0-based) of N: every N-th of the sorted video ids from the i-th, into "
+             "OUT's part file (--out f.h5 --shard 1/4 writes f.part-1-of-4.h5; shard 0 also holds every "
+             "question). Unset: torchrun's RANK/WORLD_SIZE, else a SLURM array's task id, when present. "
+             "Join the parts with `r2scp merge-features`.")] = None,
     force: Force = False,
 ) -> None:
     """Decode media and encode clips and questions into an HDF5 feature store."""
     from . import extract as stage
+    from . import shards
 
     config = ExtractConfig(
         dataset, out, encoder, segments, _csv(splits), format, batch_size, max_failures,
         audio_npy, visual_npy, checkpoint, device, image_size, degrade=degrade, degrade_seed=degrade_seed,
     )
-    stage.run(config, force=force)
+    stage.run(config, force=force, shard=shards.resolve(shard))
+
+
+@app.command("merge-features")
+@stage_command
+def merge_features(
+    parts: Annotated[list[Path], typer.Argument(help="The N part files of `r2scp extract --shard i/N`.")],
+    out: Out,
+) -> None:
+    """Check the parts of a sharded extraction and join them into the store one `extract` run writes."""
+    from . import shards as stage
+
+    stage.merge(parts, out)
 
 
 @app.command("build-bank")

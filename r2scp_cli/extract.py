@@ -18,13 +18,14 @@ import os
 import time
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import artifacts, degrade
+from . import artifacts, degrade, shards
 from .config import DATASET_FORMATS, ExtractConfig
 from .console import console, progress_bar
 from .datasets import Dataset, Question, read_dataset
@@ -39,20 +40,30 @@ TEXT_BATCH = 4096  # questions encoded per call
 _FAILURES_SHOWN = 5
 
 
-def run(config: ExtractConfig, force: bool = False, workers: int | None = None) -> Path:
+def run(config: ExtractConfig, force: bool = False, workers: int | None = None,
+        shard: shards.Shard | None = None) -> Path:
     """Extract features of ``config.dataset`` into ``config.out``; returns the features path.
 
     ``workers``: decoding processes (default: up to 2 when there are at least POOL_MIN_VIDEOS
     videos to decode, else decoding in this process; 0 forces this process).
+    ``shard``: extract only that shard of the sorted video ids into its part file, whose path is
+    returned (shards.py; `r2scp merge-features` joins the parts).
     """
     _check_config(config)
     dataset = read_dataset(config.dataset, config.format, config.splits)
     if not dataset.questions:
         raise UserError(f"{config.dataset}: no questions in the splits {', '.join(config.splits)}")
+    questions = dataset.questions
+    if shard is not None:  # the shard's videos into its part file; shard 0 keeps every question
+        total = len(dataset.video_ids())
+        config = replace(config, out=shard.part_path(config.out))
+        dataset, questions = shards.restrict(dataset, shard)
+        shards.announce(shard, len(dataset.video_ids()), total, config.out)
     stage = artifacts.begin(STAGE, config.out, config, inputs={"dataset": config.dataset}, force=force)
     if stage.finished:
         console.print(f"{config.out}: already extracted with these settings (use --force to redo)")
         return config.out
+    shards.pin_device(shard, config.device)  # torchrun: one GPU per process
     encoder = build_encoder(config)
     if config.degrade.strip() and hasattr(encoder, "load_clip"):
         raise UserError(f"--degrade corrupts decoded media; encoder '{config.encoder}' reads no media")
@@ -60,18 +71,19 @@ def run(config: ExtractConfig, force: bool = False, workers: int | None = None) 
     config.out.unlink(missing_ok=True)  # its meta is gone: an old file must not look current
     if force:
         partial.unlink(missing_ok=True)
-    writer = FeatureWriter(config.out, encoder.info, _file_attrs(config))
+    writer = FeatureWriter(config.out, encoder.info, {**_file_attrs(config), **(shard.attrs() if shard else {})},
+                           notes={"shard_source": shard.source} if shard else None)
     try:
         rate = _extract_videos(writer, encoder, dataset, config, workers)
         failures = writer.failures
         _check_failures(failures, len(dataset.video_ids()), config.max_failures, partial)
-        kept, excluded = _kept_questions(dataset.questions, failures)
+        kept, excluded = _kept_questions(questions, failures)
         columns, arrays = _encode_questions(encoder, kept, config.format)
         writer.finalize(dataset.answers, columns, arrays)
     finally:
         writer.close()
     stage.finish(figures={**_figures(dataset, kept, excluded, failures, rate, encoder),
-                          **_degrade_figures(config, dataset, failures)})
+                          **_degrade_figures(config, dataset, failures)}, shard=shard.meta() if shard else None)
     console.print(
         f"{config.out}: {len(dataset.video_ids()) - len(failures)} videos, {len(kept)} questions "
         f"({len(excluded)} excluded, {len(failures)} videos failed), {rate:.1f} clips/s"

@@ -6,7 +6,8 @@ Layout::
     /attrs  schema_version, encoder, encoder_version, weights_sha256, joint_space, pretrained,
             segments, dim_audio, dim_visual, dim_text, dim_audio_global, dim_visual_global,
             dim_text_global, question_tokens, format, dataset, preprocessing (JSON),
-            degrade ("none", or the canonical `extract --degrade` spec) and degrade_seed (when degraded)
+            degrade ("none", or the canonical `extract --degrade` spec) and degrade_seed (when degraded);
+            a part of a sharded extraction also shard_index, shard_count, shard_source (shards.py)
     /videos/<video_id>/audio          float16 [T, D_a]
     /videos/<video_id>/visual         float16 [T, D_v]
     /videos/<video_id>/audio_global   float32 [D]      L2-normalised
@@ -133,6 +134,11 @@ class FeatureStore:
             raise UserError(
                 f"{self.path}: schema_version {attrs.get('schema_version')} but r2scp reads {SCHEMA_VERSION}"
             )
+        if "shard_count" in attrs:
+            raise UserError(
+                f"{self.path}: shard {attrs['shard_index']}/{attrs['shard_count']} of a sharded extraction; "
+                f"merge the parts with `r2scp merge-features` first"
+            )
         self.info = EncoderInfo.from_attrs(attrs)
         self.format = str(attrs.get("format", "music-avqa"))
         self.answers: list[str] = [a.decode() if isinstance(a, bytes) else str(a) for a in self._h5["answers"][()]]
@@ -225,10 +231,11 @@ class FeatureWriter:
     """Appends videos to a ``.partial`` file; :meth:`finalize` adds questions and renames it.
 
     Reopening the same partial file resumes: :attr:`done` lists the videos (and failures) already
-    written. A partial file from another encoder or other constants is refused.
+    written. A partial file from another encoder or other constants is refused. ``notes`` are
+    attributes written (again, on resume) but not compared: bookkeeping such as a shard's source.
     """
 
-    def __init__(self, final_path: Path, info: EncoderInfo, extra_attrs: dict):
+    def __init__(self, final_path: Path, info: EncoderInfo, extra_attrs: dict, notes: dict | None = None):
         self.final_path = Path(final_path)
         self.partial_path = self.final_path.with_name(self.final_path.name + ".partial")
         self.info = info
@@ -257,6 +264,7 @@ class FeatureWriter:
             failed = self._h5.create_group("failed")
             failed.create_dataset("video_id", (0,), maxshape=(None,), dtype=_STR)
             failed.create_dataset("reason", (0,), maxshape=(None,), dtype=_STR)
+        self._h5.attrs.update(notes or {})
 
     def _drop_incomplete_videos(self) -> None:
         """Delete video groups that an interruption left without all four arrays."""

@@ -37,6 +37,9 @@ Force = Annotated[bool, typer.Option("--force", help="Redo the stage even if it 
 Seed = Annotated[int, typer.Option(help="Random seed; runs are reproducible on CPU.")]
 Device = Annotated[str, typer.Option(help="torch device: cpu or cuda.")]
 Out = Annotated[Path, typer.Option("--out", help="Output path of the stage.")]
+Simulate = Annotated[str, typer.Option(help="Modality a training sample may lose: mixed (audio or visual), audio, visual.")]
+TrainPartial = Annotated[float, typer.Option(
+    "--partial", help="Share of its segments a sample that loses a modality loses, in bursts (1: all).")]  # fmt: skip
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -185,7 +188,9 @@ def train_experts(
     out: Out,
     recovery: Annotated[str, typer.Option(help="cmr+cap, cmr, cap, generative or zero.")] = "cmr+cap",
     p_missing: Annotated[float, typer.Option(help="Probability a training sample loses a modality.")] = 0.5,
-    n: Annotated[int, typer.Option("--n", help="Retrieved candidates.")] = 5,
+    n: Annotated[int, typer.Option("--n", "--candidates",
+                                   help="Retrieved candidates (spell it --candidates under torchrun, which takes "
+                                        "--n for one of its own options).")] = 5,
     rho: Annotated[float, typer.Option(help="Share of positions purified.")] = 0.25,
     lambda_rank: Annotated[float, typer.Option(help="Weight of the ranking loss.")] = 0.1,
     margin: Annotated[float, typer.Option(help="Margin of the ranking loss.")] = 0.1,
@@ -195,6 +200,8 @@ def train_experts(
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     seed: Seed = 0,
     device: Device = "cpu",
+    simulate: Simulate = "mixed",
+    partial: TrainPartial = 1.0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
     force: Force = False,
 ) -> None:
@@ -203,7 +210,7 @@ def train_experts(
 
     config = TrainExpertsConfig(
         features, bank, out, recovery, p_missing, n, rho, lambda_rank, margin, d_model,
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, simulate=simulate, partial=partial,
     )
     stage.run_experts(config, force=force, resume=resume)
 
@@ -219,6 +226,8 @@ def train_router(
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     seed: Seed = 0,
     device: Device = "cpu",
+    simulate: Simulate = "mixed",
+    partial: TrainPartial = 1.0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
     force: Force = False,
 ) -> None:
@@ -226,7 +235,8 @@ def train_router(
     from . import train as stage
 
     config = TrainRouterConfig(
-        experts, out, p_missing, epochs, batch_size=batch_size, lr=lr, seed=seed, device=device
+        experts, out, p_missing, epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, simulate=simulate,
+        partial=partial,
     )
     stage.run_router(config, force=force, resume=resume)
 
@@ -236,17 +246,23 @@ def train_router(
 def eval_(
     run: Annotated[Path, typer.Argument(help="A train-router (or train-experts) directory.")],
     out: Out,
-    missing: Annotated[str, typer.Option(help="none, audio, visual or text.")] = "none",
+    missing: Annotated[str, typer.Option(help="none, audio, visual, mixed (audio or visual per video) or text.")] = "none",
+    rate: Annotated[float, typer.Option(help="Share of the split's videos that lose it; the rest stay complete.")] = 1.0,
+    partial: Annotated[float, typer.Option(
+        help="Share of an affected clip's segments lost, in contiguous bursts (1: the whole modality).")] = 1.0,
+    mask_seed: Annotated[int, typer.Option(help="Seed of the masks: which videos, which modality, which segments.")] = 0,
     split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
     features: Annotated[Optional[Path], typer.Option(help="Another features file of the same encoder.")] = None,
     batch_size: Annotated[int, typer.Option(help="Samples per batch.")] = 256,
     device: Device = "cpu",
     force: Force = False,
 ) -> None:
-    """Evaluate a run with one modality removed from every sample of a split."""
+    """Evaluate a run under a missing-modality protocol (by default one modality removed from every sample)."""
     from . import evaluate as stage
 
-    stage.run(EvalConfig(run, out, missing, split, features, batch_size, device), force=force)
+    config = EvalConfig(run, out, missing, split, features, batch_size, device, rate=rate, partial=partial,
+                        mask_seed=mask_seed)  # fmt: skip
+    stage.run(config, force=force)
 
 
 @app.command()
@@ -271,11 +287,13 @@ def demo(
         help="auto (pretrained when installed, else handcrafted), pretrained or handcrafted.")] = "auto",
     format: Annotated[str, typer.Option("--format", help="music-avqa or avqa.")] = "music-avqa",
     videos: Annotated[Optional[int], typer.Option(help="Number of clips (default 400, --quick 150).")] = None,
+    protocols: Annotated[bool, typer.Option(
+        "--protocols", help="Also evaluate missing rates 0.3/0.5/0.7 and partial loss 0.5; the report draws the curve.")] = False,
 ) -> None:
     """Run the whole chain on the built-in dataset and print the paper-style table."""
     from . import demo as stage
 
-    stage.run(DemoConfig(out, quick, seeds, encoder, format, videos))
+    stage.run(DemoConfig(out, quick, seeds, encoder, format, videos, protocols))
 
 
 @app.command()

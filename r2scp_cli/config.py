@@ -143,6 +143,8 @@ class TrainExpertsConfig(StageConfig):
     lr: float = 1e-3
     seed: int = 0
     device: str = "cpu"
+    simulate: str = "mixed"  # the modality a training sample may lose: mixed (audio or visual), audio, visual
+    partial: float = 1.0  # share of its T segments such a sample loses, in bursts (1: the whole modality)
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,8 @@ class TrainRouterConfig(StageConfig):
     lr: float = 1e-3
     seed: int = 0
     device: str = "cpu"
+    simulate: str = "mixed"  # the modality a training sample may lose: mixed (audio or visual), audio, visual
+    partial: float = 1.0  # share of its T segments such a sample loses, in bursts (1: the whole modality)
 
 
 @dataclass(frozen=True)
@@ -166,11 +170,14 @@ class EvalConfig(StageConfig):
 
     run: Path  # a train-router or train-experts directory
     out: Path
-    missing: str = "none"  # none | audio | visual | text
+    missing: str = "none"  # none | audio | visual | mixed (audio or visual, per video) | text
     split: str = "test"
     features: Path | None = None  # evaluate against another features file of the same encoder
     batch_size: int = 256
     device: str = "cpu"
+    rate: float = 1.0  # share of the split's videos that lose the modality; the others stay complete
+    partial: float = 1.0  # share of an affected clip's segments lost in bursts (1: the whole modality)
+    mask_seed: int = 0  # draws which videos, which modality (mixed) and which segments
 
 
 @dataclass(frozen=True)
@@ -191,3 +198,4 @@ class DemoConfig(StageConfig):
     encoder: str = "auto"  # pretrained when its wheels are installed, else handcrafted (with one line saying so)
     format: str = "music-avqa"
     videos: int | None = None  # override the budget's number of clips
+    protocols: bool = False  # also evaluate the protocol sweep: missing rates 0.3/0.5/0.7 and partial loss 0.5

@@ -31,6 +31,8 @@ from .retrieval import bank
 from .synth import dataset as synth
 
 SETTINGS = ("none", "audio", "visual")
+SWEEP_RATES = (0.3, 0.5, 0.7)  # with complete (rate 0) and whole-split loss (rate 1): the rate curve
+SWEEP_PARTIAL = 0.5  # every clip loses half of its segments of one modality, in bursts
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class Job:
     bank: Path
     run_dir: Path
     budget: Budget
+    protocols: bool = False  # also evaluate the protocol sweep
 
 
 def train_and_evaluate(job: Job, quiet: bool = False) -> Path:
@@ -72,7 +75,19 @@ def train_and_evaluate(job: Job, quiet: bool = False) -> Path:
     )
     for missing in SETTINGS:
         evaluate.run(EvalConfig(router, job.run_dir / f"eval-{missing}", missing=missing))
+    if job.protocols:
+        evaluate_protocols(router, job.run_dir)
     return job.run_dir
+
+
+def evaluate_protocols(router: Path, run_dir: Path) -> None:
+    """The protocol sweep of ``--protocols``: missing audio and missing visual at the rates of the
+    curve, and partial loss of half the segments (DESIGN section 7)."""
+    for missing in ("audio", "visual"):
+        for rate in SWEEP_RATES:
+            evaluate.run(EvalConfig(router, run_dir / f"eval-{missing}-rate{rate:g}", missing=missing, rate=rate))
+        evaluate.run(EvalConfig(router, run_dir / f"eval-{missing}-partial{SWEEP_PARTIAL:g}", missing=missing,
+                                partial=SWEEP_PARTIAL))  # fmt: skip
 
 
 def run_jobs(jobs: list[Job], workers: int) -> None:
@@ -129,7 +144,7 @@ def run(config: DemoConfig, budget: Budget | None = None, workers: int | None = 
     runs = out / f"runs-{config.encoder}"
     by_cost = ("cmr+cap", "cap", "cmr", "generative", "zero")  # longest first keeps both workers busy
     jobs = [
-        Job(recovery, seed, features, memory, runs / f"{recovery}-seed{seed}", budget)
+        Job(recovery, seed, features, memory, runs / f"{recovery}-seed{seed}", budget, config.protocols)
         for seed in range(config.seeds)
         for recovery in sorted(RECOVERY_METHODS, key=by_cost.index)
     ]

@@ -119,7 +119,8 @@ def run(config: EvalConfig, force: bool = False) -> Path:
         "format": store.format,
         "missing": config.missing,
         "protocol": {**protocol.to_dict(), "affected_videos": len(set(split.video_ids[masks.missing > 0])),
-                     "videos": len(set(split.video_ids)), "affected_questions": int((masks.missing > 0).sum())},
+                     "videos": len(set(split.video_ids)), "affected_questions": int((masks.missing > 0).sum()),
+                     "degraded": None if store.degradation is None else store.degradation["spec"]},
         "split": config.split,
         "kind": kind,
         "metrics": metrics,
@@ -133,6 +134,9 @@ def run(config: EvalConfig, force: bool = False) -> Path:
             "features": artifacts.fingerprint(features),
         },
     }
+    if store.degradation is not None:
+        result["degradation"] = {**store.degradation, "noise_identification": noise_identification(
+            model, store, split, videos, masks, config.batch_size)}  # fmt: skip
     if kind == "experts":  # each expert alone, for diagnosis
         result["experts"] = {
             m: compute_metrics(prediction_records(store, split, p[m], None), store.format) for m in EXPERTS
@@ -140,7 +144,11 @@ def run(config: EvalConfig, force: bool = False) -> Path:
     with artifacts.atomic_path(config.out / "predictions.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     artifacts.write_json(config.out / "metrics.json", result)
-    print_metrics(metrics, _title(kind, stage_one, config, protocol))
+    print_metrics(metrics, _title(kind, stage_one, config, protocol, store))
+    for m, found in result.get("degradation", {}).get("noise_identification", {}).items():
+        if isinstance(found, dict) and "precision" in found:
+            console.print(f"CAP noise identification ({m}): precision {found['precision']:.3f} (chance "
+                          f"{found['chance_precision']:.3f}), recall {found['recall'] or 0:.3f} (chance {found['chance_recall']:.3f})")  # fmt: skip
     stage.finish(figures={"overall": metrics["overall"]["accuracy"], "evaluated": len(records)})
     return config.out
 
@@ -161,9 +169,56 @@ def reveal_questions(store: FeatureStore, split, masks: Masks) -> None:
     split.q_global[keep] = torch.as_tensor(arrays["global"])
 
 
-def _title(kind: str, stage_one: dict, config: EvalConfig, protocol: Protocol) -> str:
+def _title(kind: str, stage_one: dict, config: EvalConfig, protocol: Protocol, store: FeatureStore | None = None) -> str:
     recovery = stage_one["config"]["recovery"]
-    return f"{recovery} ({kind}, seed {stage_one['config']['seed']}) — {config.split}, {protocol.name}"
+    degraded = f", degraded {store.degradation['spec']}" if store is not None and store.degradation else ""
+    return f"{recovery} ({kind}, seed {stage_one['config']['seed']}) — {config.split}, {protocol.name}{degraded}"
+
+
+@torch.no_grad()
+def noise_identification(model, store: FeatureStore, split, videos: VideoTokens, masks: Masks, batch_size: int) -> dict:
+    """How well CAP's Omega_noise finds the segments `extract --degrade` corrupted. For each degraded
+    modality m that the protocol leaves present, CAP m scores the present (degraded) tokens against the
+    other modality and the question, as it scores a fill; its k chosen positions are compared with the
+    recorded truth, per question. Precision's chance level is the corrupted share, recall's k / T."""
+    if not model.cfg.purifies:
+        return {"skipped": f"recovery {model.cfg.recovery} has no CAP"}
+    model.eval()
+    out = {}
+    for m in MEDIA:
+        truth_by_video = store.degraded_segments(sorted(set(split.video_ids)), m)
+        if truth_by_video is None:
+            continue
+        rows = np.flatnonzero(masks.missing == 0)  # complete rows: both modalities present
+        if len(rows) == 0:
+            out[m] = {"skipped": "no question keeps both modalities under this protocol"}
+            continue
+        index = {v: i for i, v in enumerate(sorted(set(split.video_ids)))}
+        other = [x for x in MEDIA if x != m][0]
+        chosen_true = chosen = truth_total = 0
+        for start in range(0, len(rows), batch_size):
+            idx = rows[start : start + batch_size]
+            vids = split.video_ids[idx]
+            truth = torch.from_numpy(truth_by_video[[index[v] for v in vids]])  # [B, T]
+            h = model.projection[m](torch.from_numpy(videos.get(vids, m)))
+            available = model.context_projection[m]["available"](torch.from_numpy(videos.get(vids, other)))
+            q_global = model.question_projection[m](split.q_global[idx])
+            _, omega_noise = model.cap[m].identify_noise(h, [available], q_global)
+            hit = truth.gather(1, omega_noise)  # [B, k]
+            chosen_true += int(hit.sum())
+            chosen += hit.numel()
+            truth_total += int(truth.sum())
+        k, T = model.cfg.k, model.cfg.segments
+        out[m] = {
+            "questions": len(rows),
+            "k": k,
+            "precision": chosen_true / chosen,
+            "recall": chosen_true / truth_total if truth_total else None,
+            "chance_precision": truth_total / (len(rows) * T),
+            "chance_recall": k / T,
+        }
+        out[m]["precision_over_chance"] = out[m]["precision"] / out[m]["chance_precision"] if truth_total else None
+    return out
 
 
 def prediction_records(store: FeatureStore, split, log_probs: torch.Tensor, alpha: torch.Tensor | None) -> list[dict]:

@@ -159,9 +159,11 @@ class FeatureStore:
             self.degradation = {"spec": spec, "seed": int(attrs.get("degrade_seed", 0)), "modalities": modalities}
 
     # -- videos
-    def tokens(self, video_id: str, modality: Modality | str) -> np.ndarray:
-        """[T, D] float32 segment tokens of one video."""
-        return self._h5[f"videos/{video_id}/{Modality(modality).value}"][()].astype(np.float32)
+    def tokens(self, video_id: str, modality: Modality | str, positions: np.ndarray | None = None) -> np.ndarray:
+        """[T, D] float32 segment tokens of one video; with ``positions`` (increasing segment indices)
+        only those rows are read from the file: [len(positions), D]."""
+        dataset = self._h5[f"videos/{video_id}/{Modality(modality).value}"]
+        return (dataset[()] if positions is None else dataset[np.asarray(positions)]).astype(np.float32)
 
     def global_vector(self, video_id: str, modality: Modality | str) -> np.ndarray:
         """[D] float32 L2-normalised clip embedding."""

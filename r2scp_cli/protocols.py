@@ -62,9 +62,23 @@ class Protocol:
 
     @property
     def family(self) -> str:
-        """The protocol without its modality and rate: tables put settings side by side within one family
-        (the missing modality as columns), curves put rates along one axis."""
-        return "whole clips" if self.partial >= 1.0 else f"partial {self.partial:g}"
+        """The protocol without its modality: evaluations of one family share a report table, with the
+        missing modality as columns ("" for the classic all-or-nothing table)."""
+        parts = []
+        if self.rate < 1.0:
+            parts.append(f"rate {self.rate:g}")
+        if self.partial < 1.0:
+            parts.append(f"partial {self.partial:g}")
+        if parts or self.missing == "mixed":
+            parts.append(f"mask seed {self.mask_seed}")
+        return " · ".join(parts) if self.missing != "none" else ""
+
+    @classmethod
+    def from_metrics(cls, metrics: dict) -> "Protocol":
+        """The protocol an eval's metrics.json names (evaluations before protocols: all-or-nothing)."""
+        recorded = metrics.get("protocol") or {}
+        return cls(metrics["missing"], recorded.get("rate", 1.0), recorded.get("partial", 1.0),
+                   recorded.get("mask_seed", 0))  # fmt: skip
 
     def to_dict(self) -> dict:
         return {**asdict(self), "name": self.name}

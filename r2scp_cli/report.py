@@ -22,11 +22,12 @@ from typing import Any, NamedTuple
 from rich import box
 from rich.table import Table
 
-from . import artifacts
+from . import artifacts, curves
 from .config import RECOVERY_METHODS, ReportConfig
 from .console import console
 from .datasets import AVQA_TYPES, MUSIC_AVQA_TYPES
 from .errors import UserError
+from .protocols import Protocol
 
 PREDICTION_KEYS = ("qid", "video_id", "type", "subtype", "predicted", "answer", "correct", "weights")
 EVAL_KEYS = ("stage", "recovery", "seed", "encoder", "format", "missing", "split", "kind", "metrics")
@@ -36,6 +37,7 @@ SETTING_LABELS = {
     "audio": "missing audio",
     "visual": "missing visual",
     "text": "missing text",
+    "mixed": "missing mixed",
 }
 # As in MUSIC-AVQA's official evaluation, type rows say "AV" for the Audio-Visual family.
 _SHORT = {"Audio-Visual": "AV"}
@@ -155,6 +157,7 @@ class TableKey(NamedTuple):
     kind: str
     split: str
     features: str | None  # eval --features: another features file than the run's own
+    protocol: str = ""  # the missing-modality protocol's family ("": all-or-nothing); protocols never mix
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,7 @@ class Evaluation:
     seed: int
     metrics: dict
     retrieval: dict | None = None  # the bank's key quality and verdict (evals before it was recorded: None)
+    protocol: Protocol = Protocol()
 
 
 def _read_evaluation(metrics_path: Path) -> Evaluation | None:
@@ -187,14 +191,18 @@ def _read_evaluation(metrics_path: Path) -> Evaluation | None:
         raise UserError(f"{metrics_path}: seed {data['seed']!r} is not an integer")
     # `r2scp eval` keeps its own config (with --features) under config.eval.
     features = ((data.get("config") or {}).get("eval") or {}).get("features")
+    protocol = Protocol.from_metrics(data)
+    degraded = (data.get("protocol") or {}).get("degraded")
+    family = " · ".join(part for part in (protocol.family, degraded and f"degraded {degraded}") if part)
     return Evaluation(
         path=metrics_path.parent,
-        table=TableKey(data["encoder"], data["format"], data["kind"], data["split"], features),
+        table=TableKey(data["encoder"], data["format"], data["kind"], data["split"], features, family),
         recovery=data["recovery"],
         missing=data["missing"],
         seed=data["seed"],
         metrics=data["metrics"],
         retrieval=data.get("retrieval"),
+        protocol=protocol,
     )
 
 
@@ -320,7 +328,8 @@ def cell_text(summary: dict | None) -> str:
 
 def table_title(table: dict) -> str:
     title = f"{table['format']} · encoder {table['encoder']} · {table['kind']} · {table['split']} split"
-    return title + (f" · features {table['features']}" if table["features"] else "")
+    title += f" · features {table['features']}" if table["features"] else ""
+    return title + (f" · {table['protocol']}" if table.get("protocol") else "")
 
 
 def _count_text(table: dict) -> str:
@@ -335,10 +344,13 @@ def _questions_text(table: dict) -> str:
 
 def legend(table: dict) -> str:
     """What the numbers of a table are, in two sentences."""
+    removed = "from every question (complete: none)"
+    if table.get("protocol"):
+        removed = f"under the protocol {table['protocol']} (eval --rate/--partial/--mask-seed)"
     return (
         f"Accuracy (%) on the {_questions_text(table)} of the {table['split']} split; rows: how the "
-        "missing modality is recovered; columns: the modality removed from every question (complete: "
-        "none). A cell is mean ± sample std (ddof=1) over training seeds; a single seed shows its value."
+        f"missing modality is recovered; columns: the modality removed {removed}. "
+        "A cell is mean ± sample std (ddof=1) over training seeds; a single seed shows its value."
     )
 
 
@@ -425,6 +437,13 @@ def print_tables(tables: list[dict]) -> None:
             console.print(line, markup=False)
 
 
+def method_colours(tables: list[dict]) -> dict[str, str]:
+    """A colour per recovery method, the same in every report and picture."""
+    others = _ordered({m for table in tables for m in table["methods"]}, RECOVERY_METHODS)
+    methods = list(RECOVERY_METHODS) + [m for m in others if m not in RECOVERY_METHODS]
+    return {method: f"C{index % 10}" for index, method in enumerate(methods)}
+
+
 def save_chart(tables: list[dict], path: Path) -> None:
     """A grouped bar chart per table: groups = missing setting, bars = recovery method, error bars = std.
 
@@ -434,9 +453,7 @@ def save_chart(tables: list[dict], path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    others = _ordered({m for table in tables for m in table["methods"]}, RECOVERY_METHODS)
-    methods = list(RECOVERY_METHODS) + [m for m in others if m not in RECOVERY_METHODS]
-    colours = {method: f"C{index % 10}" for index, method in enumerate(methods)}  # same colour in every report
+    colours = method_colours(tables)
     widest = max(len(table["settings"]) * len(table["methods"]) for table in tables)
     figure = Figure(figsize=(max(7.0, 1.5 + 0.55 * widest), 1.0 + 4.2 * len(tables)), layout="constrained")
     FigureCanvasAgg(figure)
@@ -489,10 +506,17 @@ def run(config: ReportConfig, force: bool = False) -> Path:
         console.print(f"{out}: report up to date with its {len(inputs)} evaluations", soft_wrap=True)
         print_tables(tables)
         return out
-    artifacts.write_json(out / "report.json", {"evaluations": len(evaluations), "tables": tables})
-    artifacts.write_text(out / "report.md", markdown(tables))
+    rate_curves = curves.build_curves(evaluations)
+    artifacts.write_json(out / "report.json", {"evaluations": len(evaluations), "tables": tables, "curves": rate_curves})
+    artifacts.write_text(out / "report.md", markdown(tables) + "\n".join(curves.markdown(rate_curves)))
     save_chart(tables, out / "report.png")
+    written = [out / name for name in REPORT_FILES]
+    if rate_curves:
+        curves.save(rate_curves, out / "curves.png", method_colours(tables))
+        written.append(out / "curves.png")
+    else:
+        (out / "curves.png").unlink(missing_ok=True)  # a report redone without a sweep keeps no stale picture
     print_tables(tables)
-    console.print(f"wrote {', '.join(str(out / name) for name in REPORT_FILES)}", soft_wrap=True)
+    console.print(f"wrote {', '.join(str(path) for path in written)}", soft_wrap=True)
     stage.finish(figures={"evaluations": len(evaluations), "tables": len(tables)})
     return out

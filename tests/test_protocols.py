@@ -232,3 +232,29 @@ def test_bad_simulation_flags_fail_before_any_output(world, tmp_path):
         with pytest.raises(UserError, match=message):
             train.run_experts(TrainExpertsConfig(features, bank, tmp_path / "e", **SMALL, **kwargs))
         assert not (tmp_path / "e").exists()
+
+
+def test_noise_identification_is_scored_against_the_recorded_truth(world, tmp_path):
+    """A features file whose audio is marked degraded on every segment of half the videos and on none
+    of the others: every position CAP chooses is corrupted exactly on the first half, so precision is
+    that half's share of questions, as is its chance level; recall is k / T."""
+    root, features, bank, router = world
+    degraded = _copy(features, tmp_path / "degraded.h5")
+    with h5py.File(degraded, "r+") as h5:
+        videos = sorted(h5["videos"])
+        for i, video in enumerate(videos):
+            h5[f"videos/{video}"].create_dataset("degraded_audio", data=np.full(T, i % 2 == 0))
+        h5.attrs["degrade"] = "audio:noise=0,share=1"
+        h5.attrs["degrade_seed"] = 0
+    out = evaluate.run(EvalConfig(router, tmp_path / "eval", features=degraded))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["protocol"]["degraded"] == "audio:noise=0,share=1"
+    found = metrics["degradation"]["noise_identification"]
+    assert set(found) == {"audio"}  # only the degraded modality is scored
+    with FeatureStore(features) as store:
+        test_videos = store.questions.video_id[store.questions.rows("test")]
+    share = np.mean([videos.index(v) % 2 == 0 for v in test_videos])
+    k = int(np.ceil(0.25 * T))
+    assert found["audio"]["precision"] == pytest.approx(share)
+    assert found["audio"]["chance_precision"] == pytest.approx(share)
+    assert found["audio"]["recall"] == pytest.approx(k / T) and found["audio"]["chance_recall"] == k / T

@@ -336,3 +336,50 @@ def test_key_quality_of_the_bank_is_shown_under_the_table(tmp_path):
     assert expected in " ".join(captured.get().split())
     (table,) = json.loads((out / "report.json").read_text())["tables"]
     assert table["retrieval"] == [retrieval]
+
+
+# --------------------------------------------------------------------------- protocols and curves
+
+
+def _protocol(missing, rate=1.0, partial=1.0, mask_seed=0):
+    return {"missing": missing, "rate": rate, "partial": partial, "mask_seed": mask_seed}
+
+
+def test_protocols_never_share_a_table_and_rates_draw_a_curve(tmp_path):
+    """Rate and partial evaluations get their own tables, titled by protocol; complete, rate and
+    whole-split evaluations of one modality make a curve whose points are the seeds' mean and std."""
+    root = tmp_path / "runs"
+    correct = {  # (recovery, rate) -> correct of 8 for seeds 0 and 1 (missing audio)
+        ("zero", 0.0): (8, 6), ("zero", 0.5): (6, 4), ("zero", 1.0): (4, 2),
+        ("cmr+cap", 0.0): (8, 8), ("cmr+cap", 0.5): (7, 7), ("cmr+cap", 1.0): (6, 4),
+    }  # fmt: skip
+    for (recovery, rate), per_seed in correct.items():
+        for seed, right in enumerate(per_seed):
+            missing = "none" if rate == 0.0 else "audio"
+            fake_eval(root / f"{recovery}-{seed}" / f"eval-{missing}-{rate}", recovery, missing, seed, right,
+                      protocol=_protocol(missing, rate=rate))  # fmt: skip
+    fake_eval(root / "partial" / "e", "zero", "audio", 0, 5, protocol=_protocol("audio", partial=0.5))
+    out = report.run(ReportConfig((root,), tmp_path / "report"))
+    saved = json.loads((out / "report.json").read_text())
+    titles = [report.table_title(t) for t in saved["tables"]]
+    assert len(titles) == 3
+    assert any(t.endswith("· rate 0.5 · mask seed 0") for t in titles)
+    assert any(t.endswith("· partial 0.5 · mask seed 0") for t in titles)
+    whole = next(t for t in saved["tables"] if not t["protocol"])
+    assert whole["settings"] == ["none", "audio"]
+    (curve,) = saved["curves"]
+    assert curve["missing"] == "audio" and curve["rates"] == ["0", "0.5", "1"]
+    line = curve["lines"]["zero"]
+    assert line["0.5"]["mean"] == pytest.approx(62.5) and line["0.5"]["std"] == pytest.approx(math.sqrt(2 * 12.5**2))
+    assert curve["lines"]["cmr+cap"]["1"]["mean"] == pytest.approx(62.5)
+    assert "| zero | 87.50 ± 17.68 | 62.50 ± 17.68 | 37.50 ± 17.68 |" in (out / "report.md").read_text()
+    assert Image.open(out / "curves.png").size[0] > 400
+
+
+def test_no_curve_without_three_rates(tmp_path):
+    root = tmp_path / "runs"
+    fake_eval(root / "a", "zero", "none", 0, 6, protocol=_protocol("none"))
+    fake_eval(root / "b", "zero", "audio", 0, 4, protocol=_protocol("audio"))
+    out = report.run(ReportConfig((root,), tmp_path / "report"))
+    assert json.loads((out / "report.json").read_text())["curves"] == []
+    assert not (out / "curves.png").exists()

@@ -1,0 +1,120 @@
+"""Accuracy against the missing rate (DESIGN section 7): one line per recovery method, mean ± std over
+seeds, one panel per missing modality. Part of `r2scp report`.
+
+A curve gathers evaluations that differ only in the rate: the complete evaluation (rate 0), the
+`eval --rate R` ones, and the all-or-nothing one (rate 1), all of whole clips (no partial loss) and of
+one mask seed. It is drawn where at least three rates were evaluated.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from . import artifacts
+from .config import RECOVERY_METHODS
+
+MIN_RATES = 3
+
+
+def _rate_of(evaluation, modality: str) -> float | None:
+    """The evaluation's point on ``modality``'s curve, None when it is not on it."""
+    protocol = evaluation.protocol
+    if protocol.partial < 1.0:
+        return None
+    if protocol.missing == "none":
+        return 0.0
+    return protocol.rate if protocol.missing == modality else None
+
+
+def build_curves(evaluations) -> list[dict]:
+    """Curves keyed like report tables (less the protocol): per missing modality, per method and rate,
+    the overall accuracy's mean, std and seed count."""
+    points: dict[tuple, dict[str, dict[float, dict[int, float]]]] = defaultdict(lambda: defaultdict(dict))
+    for evaluation in evaluations:
+        base = tuple(evaluation.table[:5])  # encoder, format, kind, split, features
+        for modality in ("audio", "visual"):
+            rate = _rate_of(evaluation, modality)
+            if rate is None:
+                continue
+            if 0.0 < rate < 1.0 and evaluation.protocol.mask_seed != 0:
+                continue  # a curve uses the default masks; other mask seeds are other curves' business
+            by_seed = points[(base, modality)][evaluation.recovery].setdefault(rate, {})
+            # Complete and `--rate 0` evaluations are the same point: one accuracy per seed.
+            by_seed.setdefault(evaluation.seed, evaluation.metrics["overall"]["accuracy"])
+    curves = []
+    for (base, modality), methods in sorted(points.items(), key=lambda item: str(item[0])):
+        rates = sorted({rate for per_rate in methods.values() for rate, seeds in per_rate.items() if seeds})
+        if len(rates) < MIN_RATES:
+            continue
+        lines = {}
+        for method in sorted(methods, key=lambda m: (RECOVERY_METHODS + (m,)).index(m)):
+            lines[method] = {
+                f"{rate:g}": _summary(list(seeds.values())) for rate, seeds in sorted(methods[method].items()) if seeds
+            }
+        encoder, format, kind, split, features = base
+        curves.append({"encoder": encoder, "format": format, "kind": kind, "split": split, "features": features,
+                       "missing": modality, "rates": [f"{r:g}" for r in rates], "lines": lines})  # fmt: skip
+    return curves
+
+
+def _summary(values: list[float]) -> dict:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "n": len(values),
+    }
+
+
+def curve_title(curve: dict) -> str:
+    title = f"{curve['format']} · encoder {curve['encoder']} · {curve['kind']} · {curve['split']} split"
+    title += f" · features {curve['features']}" if curve["features"] else ""
+    return f"{title} · missing {curve['missing']} against the rate"
+
+
+def markdown(curves: list[dict]) -> list[str]:
+    """One table per curve: rows = method, columns = missing rate."""
+    lines = []
+    for curve in curves:
+        lines += [f"## {curve_title(curve)}", "", "| recovery | " + " | ".join(f"rate {r}" for r in curve["rates"]) + " |"]
+        lines.append("|---" * (len(curve["rates"]) + 1) + "|")
+        for method, per_rate in curve["lines"].items():
+            cells = []
+            for rate in curve["rates"]:
+                s = per_rate.get(rate)
+                cells.append("—" if s is None else f"{s['mean']:.2f}" + (f" ± {s['std']:.2f}" if s["std"] is not None else ""))
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines += ["", f"Accuracy (%) when a share of the {curve['split']} videos (the rate, chosen by mask seed 0) "
+                  f"lose their {curve['missing']}; rate 0 is complete, rate 1 removes it from every video. Mean ± "
+                  "std over training seeds.", ""]  # fmt: skip
+    return lines
+
+
+def save(curves: list[dict], path: Path, colours: dict[str, str]) -> None:
+    """One panel per curve: a line per method, the std band shaded (matplotlib's Agg canvas, no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.0 * min(2, len(curves)), 4.2 * ((len(curves) + 1) // 2)), layout="constrained")
+    FigureCanvasAgg(figure)
+    grid = figure.subplots((len(curves) + 1) // 2, min(2, len(curves)), squeeze=False).ravel()
+    for axes, curve in zip(grid, curves):
+        for method, per_rate in curve["lines"].items():
+            rates = [float(r) for r in curve["rates"] if r in per_rate]
+            means = [per_rate[f"{r:g}"]["mean"] for r in rates]
+            stds = [per_rate[f"{r:g}"]["std"] or 0.0 for r in rates]
+            colour = colours.get(method)
+            axes.plot(rates, means, marker="o", label=method, color=colour)
+            axes.fill_between(rates, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                              color=colour, alpha=0.15, linewidth=0)  # fmt: skip
+        axes.set_xlabel(f"share of videos missing {curve['missing']} (rate)")
+        axes.set_ylabel("accuracy (%)")
+        axes.set_title(curve_title(curve), fontsize=8)
+        axes.grid(alpha=0.3)
+        axes.legend(title="recovery", fontsize=8, title_fontsize=8)
+    for axes in grid[len(curves) :]:
+        axes.set_visible(False)
+    figure.suptitle("R2ScP: accuracy against the missing rate (mean ± std over seeds)", fontweight="bold")
+    with artifacts.atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)

@@ -258,3 +258,25 @@ def test_noise_identification_is_scored_against_the_recorded_truth(world, tmp_pa
     assert found["audio"]["precision"] == pytest.approx(share)
     assert found["audio"]["chance_precision"] == pytest.approx(share)
     assert found["audio"]["recall"] == pytest.approx(k / T) and found["audio"]["chance_recall"] == k / T
+
+
+def test_demo_protocol_sweep_feeds_the_rate_curve(world, tmp_path):
+    """`demo --protocols` evaluates missing audio/visual at the sweep's rates and partial loss; with the
+    complete and all-or-nothing evaluations the report draws a five-point curve per modality."""
+    from r2scp_cli import demo, report
+    from r2scp_cli.config import ReportConfig
+
+    root, features, bank, router = world
+    run_dir = tmp_path / "cmr+cap-seed0"
+    for missing in ("none", "audio", "visual"):
+        evaluate.run(EvalConfig(router, run_dir / f"eval-{missing}", missing=missing))
+    demo.evaluate_protocols(router, run_dir)
+    names = sorted(p.name for p in run_dir.iterdir())
+    assert names == sorted(["eval-none", "eval-audio", "eval-visual", "eval-audio-partial0.5", "eval-visual-partial0.5"]
+                           + [f"eval-{m}-rate{r:g}" for m in ("audio", "visual") for r in demo.SWEEP_RATES])  # fmt: skip
+    out = report.run(ReportConfig((run_dir,), tmp_path / "report"))
+    saved = json.loads((out / "report.json").read_text())
+    assert [c["missing"] for c in saved["curves"]] == ["audio", "visual"]
+    assert all(c["rates"] == ["0", "0.3", "0.5", "0.7", "1"] for c in saved["curves"])
+    complete = json.loads((run_dir / "eval-none" / "metrics.json").read_text())["metrics"]["overall"]["accuracy"]
+    assert saved["curves"][0]["lines"]["cmr+cap"]["0"]["mean"] == complete

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import artifacts
+from . import artifacts, distributed
 from .batches import (
-    Split, VideoTokens, accuracy, limit_cpu_threads, load_model, load_split, make_batch, predict, to_device,
+    Split, VideoTokens, limit_cpu_threads, load_model, load_split, make_batch, predict, to_device,
 )  # fmt: skip
 from .config import RECOVERY_METHODS, TrainExpertsConfig, TrainRouterConfig
 from .console import console, progress_bar
@@ -124,15 +124,28 @@ def fit_cap_priors(model: R2ScP, data: RunData, seed: int) -> None:
         getattr(model, f"prototypes_{m}").copy_(centres * projection.std + projection.mean)
 
 
+def shard_split(split: Split, rows: slice) -> Split:
+    """The questions ``rows`` of a split (every per-question field sliced alike)."""
+    fields = [f.name for f in dataclasses.fields(split) if f.name != "name" and getattr(split, f.name) is not None]
+    return dataclasses.replace(split, **{name: getattr(split, name)[rows] for name in fields})
+
+
 def validate(model, data: RunData, stage: int, batch_size: int, device: str) -> dict[str, float]:
-    """Val accuracy per setting; stage 1 scores the experts' summed log-probabilities, stage 2 the routed head."""
-    split = data.splits["val"]
-    scores = {}
+    """Val accuracy per setting; stage 1 scores the experts' summed log-probabilities, stage 2 the routed head.
+    Under torchrun each rank scores its share of val and the correct answers are summed over the ranks,
+    so every rank gets the same scores (and takes the same early-stopping decision)."""
+    val = data.splits["val"]
+    split = shard_split(val, distributed.share(len(val)))
+    correct = []
     for setting in SETTINGS:
+        if len(split) == 0:  # more processes than val questions
+            correct.append(0)
+            continue
         p = predict(model, split, setting, data.videos, data.bank.neighbours, data.bank, batch_size, device,
                     route=stage == 2)  # fmt: skip
         combined = p["routed"] if stage == 2 else sum(p[m] for m in EXPERTS)
-        scores[setting] = accuracy(combined, split.answers)
+        correct.append((combined.argmax(-1) == split.answers).sum().item())
+    scores = {s: 100.0 * c / len(val) for s, c in zip(SETTINGS, distributed.all_reduce_sum(correct))}
     scores["selection"] = sum(scores[s] for s in SETTINGS) / len(SETTINGS)
     return scores
 
@@ -205,8 +218,8 @@ def fit(model: R2ScP, params: list, data: RunData, loop: LoopConfig, out_dir: Pa
     """Train with the missing simulation, select on val (mean over complete / missing audio / missing
     visual), stop early, save ``model.pt`` at each improvement and ``checkpoint.pt`` every epoch."""
     split = data.splits["train"]
-    rng = np.random.default_rng(loop.seed)
-    torch.manual_seed(loop.seed)
+    rng = np.random.default_rng(loop.seed)  # one seed on every rank: the same epoch order and missing draws
+    torch.manual_seed(loop.seed + distributed.rank())  # dropout: each rank its own masks
     optimizer = torch.optim.AdamW(params, lr=loop.lr, weight_decay=1e-4)
     state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "best_scores": {}}
     checkpoint_path, log_path = out_dir / "checkpoint.pt", out_dir / "log.jsonl"
@@ -216,10 +229,14 @@ def fit(model: R2ScP, params: list, data: RunData, loop: LoopConfig, out_dir: Pa
         optimizer.load_state_dict(checkpoint["optimizer"])
         state = checkpoint["loop"]
         rng.bit_generator.state = checkpoint["numpy_rng"]
-        torch.set_rng_state(checkpoint["torch_rng"])
+        states = checkpoint.get("torch_rng_ranks", [checkpoint["torch_rng"]])
+        torch.set_rng_state(states[distributed.rank() % len(states)])
         console.print(f"resuming {out_dir} after epoch {state['epoch']}")
-    else:
+    elif distributed.is_main():
         log_path.unlink(missing_ok=True)
+    # Stage 1 leaves parts unused in a batch (recovery of a modality no row of the rank's share misses,
+    # the router); stage 2 trains the router and the routed head, which every batch uses.
+    net = distributed.wrap(model, find_unused_parameters=loop.stage == 1)
     batches = math.ceil(len(split) / loop.batch_size)
     started, seen = time.time(), 0
     with progress_bar("loss", "val") as bar:
@@ -233,37 +250,44 @@ def fit(model: R2ScP, params: list, data: RunData, loop: LoopConfig, out_dir: Pa
             for start in range(0, len(split), loop.batch_size):
                 idx = order[start : start + loop.batch_size]
                 missing = simulate_missing(len(idx), loop.p_missing, rng)
-                batch = make_batch(split, idx, missing, data.videos, model.cfg, data.bank.neighbours, data.bank,
-                                   training=loop.stage == 1)  # fmt: skip
+                rows, fraction = distributed.batch_share(len(idx))  # this rank's slice of the global batch
+                batch = make_batch(split, idx[rows], missing[rows], data.videos, model.cfg, data.bank.neighbours,
+                                   data.bank, training=loop.stage == 1)  # fmt: skip
                 batch = to_device(batch, loop.device)
-                out = model(batch, route=loop.stage == 2)
+                out = net(batch, route=loop.stage == 2)
                 if loop.stage == 1:
                     loss = stage_one_loss(model, batch, out, loop.lambda_rank, loop.margin)
                 else:
                     loss = F.cross_entropy(out["logits"], batch["answer"])
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * (fraction * distributed.world_size())).backward()  # DDP's average: the global batch's mean
                 torch.nn.utils.clip_grad_norm_(params, 5.0)
                 optimizer.step()
-                total += loss.item() * len(idx)
+                total += loss.item() * fraction * len(idx)
                 seen += len(idx)
                 bar.update(task, advance=1, loss=f"{loss.item():.3f}")
             scores = validate(model, data, loop.stage, 256, loop.device)
+            total = distributed.all_reduce_sum([total])[0]
             entry = {"epoch": epoch + 1, "loss": total / len(split), **{f"val_{k}": v for k, v in scores.items()},
                      "seconds": round(time.time() - started, 2)}  # fmt: skip
-            with open(log_path, "a", encoding="utf-8") as log:
-                log.write(json.dumps(entry) + "\n")
+            if distributed.is_main():
+                with open(log_path, "a", encoding="utf-8") as log:
+                    log.write(json.dumps(entry) + "\n")
             improved = scores["selection"] > state["best"]
             if improved:
                 state.update(best=scores["selection"], best_epoch=epoch + 1, bad_epochs=0, best_scores=scores)
-                save_model(out_dir / "model.pt", model, data.store.answers, epoch=epoch + 1, val=scores)
+                if distributed.is_main():
+                    save_model(out_dir / "model.pt", model, data.store.answers, epoch=epoch + 1, val=scores)
             else:
                 state["bad_epochs"] += 1
             state["epoch"] = epoch + 1
             bar.update(task, val=f"{scores['selection']:.1f}")
-            with artifacts.atomic_path(checkpoint_path) as tmp:
-                torch.save({"state": model.state_dict(), "optimizer": optimizer.state_dict(), "loop": state,
-                            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, tmp)  # fmt: skip
+            torch_rng = distributed.all_gather(torch.get_rng_state())  # each rank's dropout stream
+            if distributed.is_main():
+                with artifacts.atomic_path(checkpoint_path) as tmp:
+                    torch.save({"state": model.state_dict(), "optimizer": optimizer.state_dict(), "loop": state,
+                                "numpy_rng": rng.bit_generator.state, "torch_rng": torch_rng[0],
+                                "torch_rng_ranks": torch_rng}, tmp)  # fmt: skip
             if state["bad_epochs"] >= loop.patience:
                 bar.update(task, total=(epoch + 1) * batches, completed=(epoch + 1) * batches)
                 break
@@ -303,17 +327,18 @@ def check_bank_lists(config: TrainExpertsConfig, bank_meta: dict) -> None:
                             f"lower --n or rebuild the bank with --neighbours {config.n}")  # fmt: skip
 
 
+@distributed.training_stage
 def run_experts(config: TrainExpertsConfig, force: bool = False, resume: bool = False) -> Path:
     """Stage 1: the experts, their heads and the recovery modules, with simulated missing modalities."""
     check_training_config(config)
     inputs = {"features": config.features, "bank": config.bank}
     artifacts.require(config.features, "extract")
     check_bank_lists(config, artifacts.require(config.bank, "build-bank"))
-    run = artifacts.begin("train-experts", config.out, config, inputs, force=force)
+    run = distributed.on_main(artifacts.begin, "train-experts", config.out, config, inputs, force=force)
     if run.finished:
         console.print(f"{config.out}: already trained on the same inputs (use --force to redo)")
         return config.out
-    limit_cpu_threads(config.device)
+    limit_cpu_threads(config.device, distributed.world_size())
     data = open_data(config.features, config.bank)
     torch.manual_seed(config.seed)
     model = R2ScP(model_config_for(data.store, config, len(set(data.splits["train"].video_ids))))
@@ -326,20 +351,23 @@ def run_experts(config: TrainExpertsConfig, force: bool = False, resume: bool = 
     summary = fit(model, model.stage_one_parameters(), data, loop, config.out, resume)
     console.print(f"stage 1 ({config.recovery}): best val {summary['val'].get('selection', float('nan')):.2f} "
                   f"at epoch {summary['best_epoch']}")  # fmt: skip
-    run.finish(figures=summary, model_config=model.cfg.to_dict())
+    if distributed.is_main():
+        run.finish(figures=summary, model_config=model.cfg.to_dict(), distributed=distributed.describe())
     return config.out
 
 
+@distributed.training_stage
 def run_router(config: TrainRouterConfig, force: bool = False, resume: bool = False) -> Path:
     """Stage 2: everything from stage 1 frozen; the router and the routed head learn to weigh experts."""
     experts_meta = artifacts.require(config.experts, "train-experts")
     check_training_config(config)
-    run = artifacts.begin("train-router", config.out, config, {"experts": config.experts}, force=force)
+    run = distributed.on_main(artifacts.begin, "train-router", config.out, config, {"experts": config.experts},
+                              force=force)  # fmt: skip
     if run.finished:
         console.print(f"{config.out}: already trained on the same inputs (use --force to redo)")
         return config.out
     stage_one = experts_meta["config"]
-    limit_cpu_threads(config.device)
+    limit_cpu_threads(config.device, distributed.world_size())
     data = open_data(Path(stage_one["features"]), Path(stage_one["bank"]))
     model, _ = load_model(config.experts / "model.pt", config.device)
     for parameter in model.stage_one_parameters():
@@ -350,6 +378,7 @@ def run_router(config: TrainRouterConfig, force: bool = False, resume: bool = Fa
     summary = fit(model, params, data, loop, config.out, resume)
     console.print(f"stage 2 ({model.cfg.recovery}): best val {summary['val'].get('selection', float('nan')):.2f} "
                   f"at epoch {summary['best_epoch']}")  # fmt: skip
-    run.finish(figures=summary, model_config=model.cfg.to_dict(), recovery=model.cfg.recovery,
-               seed=stage_one["seed"])  # fmt: skip
+    if distributed.is_main():
+        run.finish(figures=summary, model_config=model.cfg.to_dict(), recovery=model.cfg.recovery,
+                   seed=stage_one["seed"], distributed=distributed.describe())  # fmt: skip
     return config.out

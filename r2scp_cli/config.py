@@ -147,6 +147,7 @@ class TrainExpertsConfig(StageConfig):
     partial: float = 1.0  # share of its T segments such a sample loses, in bursts (1: the whole modality)
 
 
+    trust: bool = False  # cmr / cmr+cap: a learned trust scales each fill toward zero-fill
 @dataclass(frozen=True)
 class TrainRouterConfig(StageConfig):
     """`r2scp train-router`: stage 2, the router and the routed head over frozen experts."""

@@ -51,6 +51,11 @@ class ModelConfig:
     memory_slots: int = 64  # generative baseline
     prototypes: int = 40  # cap without retrieval: k-means prototypes forming the pool
     trained_for: dict | None = None  # stage 1's simulated loss: p_missing, simulate, partial (a record only)
+    trust: bool = False  # retrieval: a learned trust t in (0, 1) scales each fill toward zero-fill
+
+    @property
+    def trusts(self) -> bool:
+        return self.trust and self.retrieves
 
     @property
     def k(self) -> int:
@@ -184,6 +189,23 @@ class ContextAwarePurification(nn.Module):
         h_pur = self.inject(h_miss, h_guided, delta, omega_noise, relevance, omega_salient, eligible)
         return h_pur, {"delta": delta, "omega_noise": omega_noise, "omega_salient": omega_salient,
                        "relevance": relevance, "h_guided": h_guided}  # fmt: skip
+
+
+class FillTrust(nn.Module):
+    """Trust in a retrieved fill: t in (0, 1) from the retrieval confidence, the question, the fill
+    itself and (when recovery reads it) the available modality; the expert reads t * H_fill, so t -> 0
+    is zero-fill. The ranking loss's random fill passes through it too, which teaches it to distrust
+    fills that do not belong. It starts near 1 (bias 3): at first every fill passes as before."""
+
+    def __init__(self, d: int, reads_context: bool):
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(2 + (3 if reads_context else 2) * d, d), nn.GELU(), nn.Linear(d, 1))
+        nn.init.constant_(self.score[-1].bias, 3.0)
+
+    def forward(self, h_fill, confidence, q_global, available=None) -> torch.Tensor:
+        """h_fill [B, T, d], confidence [B, 2], q_global [B, d], available [B, T, d] -> t [B]."""
+        parts = [confidence, q_global, h_fill.mean(1)] + ([available.mean(1)] if available is not None else [])
+        return torch.sigmoid(self.score(torch.cat(parts, dim=-1))).squeeze(-1)
 
 
 class GenerativeRecovery(nn.Module):
@@ -323,6 +345,8 @@ class R2ScP(nn.Module):
             })  # fmt: skip
         if cfg.retrieves:
             self.cmr = nn.ModuleDict({m: CrossModalRetrieval() for m in MEDIA})
+        if cfg.trusts:
+            self.trust = nn.ModuleDict({m: FillTrust(d, cfg.reads_context) for m in MEDIA})
         if cfg.purifies:
             self.cap = nn.ModuleDict(
                 {m: ContextAwarePurification(d, cfg.heads, cfg.k, cfg.dropout) for m in MEDIA}
@@ -406,6 +430,11 @@ class R2ScP(nn.Module):
         if cfg.purifies:  # under partial loss CAP may replace only lost positions
             h_miss, _ = self.cap[m](h_miss, pool, [context["available"]], context["q_tokens"], context["q_pad"], q_global,
                                     context.get("lost"))  # fmt: skip
+        if cfg.trusts:  # t * H_fill on the filled positions: t -> 0 falls back to zero-fill
+            trust = self.trust[m](h_miss, confidence, q_global, context.get("available"))
+            scaled = h_miss * trust[:, None, None]
+            h_miss = scaled if "lost" not in context else torch.where(context["lost"][..., None], scaled, h_miss)
+            context["trust"] = trust
         return h_miss, confidence, None
 
     # -- forward

@@ -27,20 +27,14 @@ from .config import RECOVERY_METHODS, TrainExpertsConfig, TrainRouterConfig
 from .console import console, progress_bar
 from .errors import UserError
 from .features import FeatureStore
-from .model import EXPERTS, MEDIA, MISSING_CODES, ModelConfig, R2ScP, ranking_loss
+from .model import EXPERTS, MEDIA, ModelConfig, R2ScP, ranking_loss
+from .protocols import check_simulation, simulate
 from .retrieval.bank import Bank
 
 SETTINGS = ("none", "audio", "visual")  # model selection: mean val accuracy over these
 
 
 # --------------------------------------------------------------------------- data
-
-
-def simulate_missing(size: int, p_missing: float, rng: np.random.Generator) -> np.ndarray:
-    """Each sample independently loses audio or visual (never both) with probability p_missing."""
-    lose = rng.random(size) < p_missing
-    which = np.where(rng.random(size) < 0.5, MISSING_CODES["audio"], MISSING_CODES["visual"])
-    return np.where(lose, which, MISSING_CODES["none"])
 
 
 # --------------------------------------------------------------------------- building a run
@@ -83,6 +77,8 @@ def model_config_for(store: FeatureStore, cfg: TrainExpertsConfig, train_videos:
         n=cfg.n,
         rho=cfg.rho,
         d_model=cfg.d_model,
+        trained_for={"p_missing": cfg.p_missing, "simulate": cfg.simulate, "partial": cfg.partial},
+        trust=cfg.trust,
     )
     if cfg.recovery == "cap":  # the prototype pool must hold k tokens, and k-means needs as many training tokens
         tokens = train_videos * info.segments
@@ -179,7 +175,7 @@ def expert_losses(model: R2ScP, batch: dict, out: dict, lambda_rank: float, marg
             log_probs = torch.log_softmax(out["expert_logits"][m][rows], dim=-1)
             s_retrieved = log_probs.gather(1, truth[:, None]).squeeze(1)
             random = r["values"][rec["negatives"]]  # the batch's entries were projected once by the main pass
-            h_random, _, _ = model.recover(m, rec, r["context"], candidates=random, sims=rec["sims"])
+            h_random, _, _ = model.recover(m, rec, r["context"], candidates=random, sims=r["context"]["chosen_sims"])
             s_random = model.expert_score(m, h_random, q_global, 1.0, confidence, truth, options)
             losses[m] = losses[m] + lambda_rank * ranking_loss(s_real, s_retrieved, s_random, margin)
     return losses
@@ -207,6 +203,8 @@ class LoopConfig:
     device: str
     lambda_rank: float = 0.0
     margin: float = 0.0
+    simulate: str = "mixed"  # which modality a training sample may lose: mixed (audio or visual), audio, visual
+    partial: float = 1.0  # share of its segments a sample that loses a modality loses (1: all)
 
 
 def save_model(path: Path, model: R2ScP, answers: list[str], **extra) -> None:
@@ -249,10 +247,10 @@ def fit(model: R2ScP, params: list, data: RunData, loop: LoopConfig, out_dir: Pa
             order, total = rng.permutation(len(split)), 0.0
             for start in range(0, len(split), loop.batch_size):
                 idx = order[start : start + loop.batch_size]
-                missing = simulate_missing(len(idx), loop.p_missing, rng)
+                missing, lost = simulate(len(idx), model.cfg.segments, loop.p_missing, rng, loop.simulate, loop.partial)
                 rows, fraction = distributed.batch_share(len(idx))  # this rank's slice of the global batch
                 batch = make_batch(split, idx[rows], missing[rows], data.videos, model.cfg, data.bank.neighbours,
-                                   data.bank, training=loop.stage == 1)  # fmt: skip
+                                   data.bank, training=loop.stage == 1, lost=lost[rows])  # fmt: skip
                 batch = to_device(batch, loop.device)
                 out = net(batch, route=loop.stage == 2)
                 if loop.stage == 1:
@@ -309,6 +307,7 @@ def check_training_config(config) -> None:
         raise UserError(f"--recovery {recovery}: choose one of {', '.join(RECOVERY_METHODS)}")
     if not 0.0 <= config.p_missing <= 1.0:
         raise UserError(f"--p-missing {config.p_missing}: must lie in [0, 1]")
+    check_simulation(config.simulate, config.partial)
     if config.epochs < 1 or config.batch_size < 1:
         raise UserError("--epochs and --batch-size must be at least 1")
     if isinstance(config, TrainExpertsConfig) and not 0.0 < config.rho <= 1.0:
@@ -347,7 +346,8 @@ def run_experts(config: TrainExpertsConfig, force: bool = False, resume: bool = 
         fit_cap_priors(model, data, config.seed)
     model.to(config.device)
     loop = LoopConfig(1, config.epochs, config.patience, config.batch_size, config.lr, config.seed,
-                      config.p_missing, config.device, config.lambda_rank, config.margin)  # fmt: skip
+                      config.p_missing, config.device, config.lambda_rank, config.margin, config.simulate,
+                      config.partial)  # fmt: skip
     summary = fit(model, model.stage_one_parameters(), data, loop, config.out, resume)
     console.print(f"stage 1 ({config.recovery}): best val {summary['val'].get('selection', float('nan')):.2f} "
                   f"at epoch {summary['best_epoch']}")  # fmt: skip
@@ -374,7 +374,7 @@ def run_router(config: TrainRouterConfig, force: bool = False, resume: bool = Fa
         parameter.requires_grad_(False)
     params = [p for module in model.stage_two_modules() for p in module.parameters()]
     loop = LoopConfig(2, config.epochs, config.patience, config.batch_size, config.lr, config.seed,
-                      config.p_missing, config.device)  # fmt: skip
+                      config.p_missing, config.device, simulate=config.simulate, partial=config.partial)  # fmt: skip
     summary = fit(model, params, data, loop, config.out, resume)
     console.print(f"stage 2 ({model.cfg.recovery}): best val {summary['val'].get('selection', float('nan')):.2f} "
                   f"at epoch {summary['best_epoch']}")  # fmt: skip

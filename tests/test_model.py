@@ -282,3 +282,35 @@ def test_ranking_passes_differ_only_in_the_recovered_tokens(monkeypatch):
         assert flag.tolist() == main_flag[rows].tolist() == [1.0] * len(rows)
         torch.testing.assert_close(confidence, main_confidence[rows])
     assert len(sims_seen) == 2 and torch.equal(sims_seen[0], sims_seen[1])
+
+
+@pytest.mark.parametrize("recovery", ["cmr", "cmr+cap"])
+def test_trust_scales_fills_toward_zero_fill_and_learns_from_the_random_fill(recovery):
+    """t * H_fill: a trust near 0 gives zero-fill's tokens, near 1 the fill itself; the trust module
+    gets gradient (from the answer loss and from the ranking loss's random fill) and only expert m's."""
+    torch.manual_seed(0)
+    model = R2ScP(config(recovery, trust=True)).eval()
+    plain = R2ScP(config(recovery)).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("trust.")})
+    batch = toy_batch()
+    with torch.no_grad():
+        for m in ("audio", "visual"):
+            model.trust[m].score[-1].bias.fill_(50.0)  # t = 1: the plain model's fill
+        full, reference = model(batch, route=False), plain(batch, route=False)
+        for m in ("audio", "visual"):
+            torch.testing.assert_close(full["recovery"][m]["h"], reference["recovery"][m]["h"])
+            model.trust[m].score[-1].bias.fill_(-50.0)  # t = 0: zero-fill
+        off = model(batch, route=False)
+        for m in ("audio", "visual"):
+            assert off["recovery"][m]["h"].abs().max() < 1e-12
+            assert off["recovery"][m]["context"]["trust"].max() < 1e-12
+    model.train()
+    for m in ("audio", "visual"):
+        model.trust[m].score[-1].bias.data.fill_(0.0)
+    losses = expert_losses(model, batch, model(batch, route=False), lambda_rank=0.1, margin=0.1)
+    for m in ("audio", "visual"):
+        model.zero_grad(set_to_none=True)
+        losses[m].backward(retain_graph=True)
+        assert model.trust[m].score[0].weight.grad.abs().sum() > 0
+        other = "visual" if m == "audio" else "audio"
+        assert model.trust[other].score[0].weight.grad is None

@@ -202,6 +202,8 @@ def train_experts(
     device: Device = "cpu",
     simulate: Simulate = "mixed",
     partial: TrainPartial = 1.0,
+    trust: Annotated[bool, typer.Option(
+        "--trust/--no-trust", help="cmr, cmr+cap: learn a trust that scales each fill toward zero-fill.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
     force: Force = False,
 ) -> None:
@@ -211,9 +213,8 @@ def train_experts(
     config = TrainExpertsConfig(
         features, bank, out, recovery, p_missing, n, rho, lambda_rank, margin, d_model,
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, simulate=simulate, partial=partial,
+        trust=trust,
     )
-    trust: Annotated[bool, typer.Option(
-        "--trust/--no-trust", help="cmr, cmr+cap: learn a trust that scales each fill toward zero-fill.")] = False,
     stage.run_experts(config, force=force, resume=resume)
 
 
@@ -223,7 +224,6 @@ def train_router(
     experts: Annotated[Path, typer.Argument(help="Directory from `r2scp train-experts`.")],
     out: Out,
     p_missing: Annotated[float, typer.Option(help="Probability a training sample loses a modality.")] = 0.5,
-        trust=trust,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 15,
     batch_size: Annotated[int, typer.Option(help="Samples per batch.")] = 64,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,

@@ -204,6 +204,8 @@ def train_experts(
     partial: TrainPartial = 1.0,
     trust: Annotated[bool, typer.Option(
         "--trust/--no-trust", help="cmr, cmr+cap: learn a trust that scales each fill toward zero-fill.")] = False,
+    router_holdout: Annotated[float, typer.Option(
+        help="Share of the train videos stage 1 leaves out; train-router then learns on them alone.")] = 0.0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
     force: Force = False,
 ) -> None:
@@ -213,7 +215,7 @@ def train_experts(
     config = TrainExpertsConfig(
         features, bank, out, recovery, p_missing, n, rho, lambda_rank, margin, d_model,
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, simulate=simulate, partial=partial,
-        trust=trust,
+        trust=trust, router_holdout=router_holdout,
     )
     stage.run_experts(config, force=force, resume=resume)
 

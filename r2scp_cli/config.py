@@ -145,9 +145,10 @@ class TrainExpertsConfig(StageConfig):
     device: str = "cpu"
     simulate: str = "mixed"  # the modality a training sample may lose: mixed (audio or visual), audio, visual
     partial: float = 1.0  # share of its T segments such a sample loses, in bursts (1: the whole modality)
-
-
     trust: bool = False  # cmr / cmr+cap: a learned trust scales each fill toward zero-fill
+    router_holdout: float = 0.0  # share of the train videos kept from stage 1 for stage 2 to learn on
+
+
 @dataclass(frozen=True)
 class TrainRouterConfig(StageConfig):
     """`r2scp train-router`: stage 2, the router and the routed head over frozen experts."""

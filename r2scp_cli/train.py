@@ -120,10 +120,28 @@ def fit_cap_priors(model: R2ScP, data: RunData, seed: int) -> None:
         getattr(model, f"prototypes_{m}").copy_(centres * projection.std + projection.mean)
 
 
-def shard_split(split: Split, rows: slice) -> Split:
-    """The questions ``rows`` of a split (every per-question field sliced alike)."""
+def shard_split(split: Split, rows: slice | np.ndarray) -> Split:
+    """The questions ``rows`` (a slice or an index array) of a split, every per-question field alike."""
     fields = [f.name for f in dataclasses.fields(split) if f.name != "name" and getattr(split, f.name) is not None]
     return dataclasses.replace(split, **{name: getattr(split, name)[rows] for name in fields})
+
+
+def router_videos(split: Split, share: float, seed: int) -> set[str]:
+    """The training videos held out from stage 1 for stage 2 (``--router-holdout``): a share of the
+    train split's videos drawn from the seed. The router then learns on questions whose answers the
+    frozen experts never fitted, so it sees them as unsure as they are on new questions."""
+    videos = np.asarray(sorted(set(split.video_ids)), dtype=object)
+    order = np.random.default_rng([seed, 2]).permutation(len(videos))
+    return set(videos[order[: int(round(share * len(videos)))]])
+
+
+def holdout_split(split: Split, held_out: set[str], keep_held_out: bool) -> Split:
+    """The questions of the held-out videos (stage 2) or of the others (stage 1)."""
+    inside = np.array([v in held_out for v in split.video_ids])
+    rows = np.flatnonzero(inside if keep_held_out else ~inside)
+    if len(rows) == 0:
+        raise UserError(f"--router-holdout leaves stage {2 if keep_held_out else 1} no training question")
+    return shard_split(split, rows)
 
 
 def validate(model, data: RunData, stage: int, batch_size: int, device: str) -> dict[str, float]:
@@ -312,6 +330,8 @@ def check_training_config(config) -> None:
         raise UserError("--epochs and --batch-size must be at least 1")
     if isinstance(config, TrainExpertsConfig) and not 0.0 < config.rho <= 1.0:
         raise UserError(f"--rho {config.rho}: must lie in (0, 1]")
+    if isinstance(config, TrainExpertsConfig) and not 0.0 <= config.router_holdout < 1.0:
+        raise UserError(f"--router-holdout {config.router_holdout}: must lie in [0, 1)")
 
 
 def check_bank_lists(config: TrainExpertsConfig, bank_meta: dict) -> None:
@@ -339,6 +359,9 @@ def run_experts(config: TrainExpertsConfig, force: bool = False, resume: bool = 
         return config.out
     limit_cpu_threads(config.device, distributed.world_size())
     data = open_data(config.features, config.bank)
+    if config.router_holdout > 0:
+        held_out = router_videos(data.splits["train"], config.router_holdout, config.seed)
+        data.splits["train"] = holdout_split(data.splits["train"], held_out, keep_held_out=False)
     torch.manual_seed(config.seed)
     model = R2ScP(model_config_for(data.store, config, len(set(data.splits["train"].video_ids))))
     fit_input_statistics(model, data)
@@ -369,6 +392,9 @@ def run_router(config: TrainRouterConfig, force: bool = False, resume: bool = Fa
     stage_one = experts_meta["config"]
     limit_cpu_threads(config.device, distributed.world_size())
     data = open_data(Path(stage_one["features"]), Path(stage_one["bank"]))
+    if stage_one.get("router_holdout", 0.0) > 0:  # stage 2 learns on the videos stage 1 never trained on
+        held_out = router_videos(data.splits["train"], stage_one["router_holdout"], stage_one["seed"])
+        data.splits["train"] = holdout_split(data.splits["train"], held_out, keep_held_out=True)
     model, _ = load_model(config.experts / "model.pt", config.device)
     for parameter in model.stage_one_parameters():
         parameter.requires_grad_(False)

@@ -291,3 +291,30 @@ def test_a_batch_reads_each_bank_entry_once_and_each_row_gets_its_own_lists(worl
     assert len(values) < entries.size + negatives.size  # rows share entries: fewer reads than references
     np.testing.assert_array_equal(values[rec["candidates"].numpy()], data.bank.gather("audio", entries))
     np.testing.assert_array_equal(values[rec["negatives"].numpy()], data.bank.gather("audio", negatives))
+
+
+def test_router_holdout_keeps_stage_two_questions_out_of_stage_one(world, tmp_path, monkeypatch):
+    """--router-holdout 0.3: stage 1 trains on the other 70 % of the train videos only, stage 2 on the
+    held-out 30 % only; both are recorded and reproducible from the seed."""
+    root, features, bank = world
+    seen: dict[int, set] = {1: set(), 2: set()}
+    original = train.make_batch
+
+    def spy(split, idx, *args, **kwargs):
+        if split.name == "train":
+            seen[1 if kwargs.get("training") else 2].update(split.video_ids[idx])
+        return original(split, idx, *args, **kwargs)
+
+    monkeypatch.setattr(train, "make_batch", spy)
+    experts = train.run_experts(TrainExpertsConfig(features, bank, tmp_path / "e", router_holdout=0.3,
+                                                   **{**SMALL, "epochs": 1}))  # fmt: skip
+    train.run_router(TrainRouterConfig(experts, tmp_path / "r", epochs=1, batch_size=32))
+    split = train.load_split(train.FeatureStore(features), "train")
+    videos = set(split.video_ids)
+    held_out = train.router_videos(split, 0.3, 0)
+    assert len(held_out) == round(0.3 * len(videos))
+    assert seen[1] == videos - held_out and seen[2] == held_out
+    assert json.loads((experts / "meta.json").read_text())["config"]["router_holdout"] == 0.3
+    with pytest.raises(UserError, match="--router-holdout 1.0"):
+        train.run_experts(TrainExpertsConfig(features, bank, tmp_path / "bad", router_holdout=1.0, **SMALL))
+    assert not (tmp_path / "bad").exists()

@@ -218,12 +218,22 @@ def predict(model: R2ScP, split: Split, setting: str, videos: VideoTokens, retri
         missing, lost = np.full(len(split), MISSING_CODES[setting]), None
     else:
         missing, lost = masks.missing, masks.lost
-    out: dict[str, list] = {k: [] for k in (("routed", "alpha") if route else ()) + EXPERTS}
+    out: dict[str, list] = {k: [] for k in (("routed", "alpha") if route else ()) + EXPERTS + ("confidence", "trust")}
     for start in range(0, len(split), batch_size):
         idx = np.arange(start, min(start + batch_size, len(split)))
         batch = make_batch(split, idx, missing[idx], videos, model.cfg, retrieve, bank, False,
                            None if lost is None else lost[idx])  # fmt: skip
         result = model(to_device(batch, device), route=route)
+        # Per row, the retrieved fill's confidence (mean key similarity) and trust; NaN without a fill.
+        confidence, trust = torch.full((len(idx),), float("nan")), torch.full((len(idx),), float("nan"))
+        if model.cfg.retrieves:
+            for m, recovered in result["recovery"].items():
+                rows = batch["recover"][m]["rows"]
+                confidence[rows] = recovered["confidence"][:, 0].cpu()
+                if "trust" in recovered["context"]:
+                    trust[rows] = recovered["context"]["trust"].cpu()
+        out["confidence"].append(confidence)
+        out["trust"].append(trust)
         if route:
             out["routed"].append(torch.log_softmax(result["logits"], -1).cpu())
             out["alpha"].append(result["alpha"].cpu())

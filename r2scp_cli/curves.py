@@ -1,9 +1,15 @@
-"""Accuracy against the missing rate (DESIGN section 7): one line per recovery method, mean ± std over
-seeds, one panel per missing modality. Part of `r2scp report`.
+"""The report's two curves, beside its tables. Part of `r2scp report`.
 
-A curve gathers evaluations that differ only in the rate: the complete evaluation (rate 0), the
-`eval --rate R` ones, and the all-or-nothing one (rate 1), all of whole clips (no partial loss) and of
-one mask seed. It is drawn where at least three rates were evaluated.
+Accuracy against the missing rate (DESIGN section 7): one line per recovery method, mean ± std over
+seeds, one panel per missing modality. A curve gathers evaluations that differ only in the rate: the
+complete evaluation (rate 0), the `eval --rate R` ones, and the all-or-nothing one (rate 1), all of
+whole clips (no partial loss) and of one mask seed. It is drawn where at least three rates were
+evaluated.
+
+Accuracy against the retrieval confidence: a retrieval method's questions in quintiles of their
+fill's confidence (the mean key similarity of its neighbours), with zero-fill's accuracy on the very
+same questions (same seed, same setting): where a fill costs accuracy, and whether the confidence
+says so.
 """
 
 from __future__ import annotations
@@ -12,10 +18,13 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from . import artifacts
 from .config import RECOVERY_METHODS
 
 MIN_RATES = 3
+CONFIDENCE_BINS = 5
 
 
 def _rate_of(evaluation, modality: str) -> float | None:
@@ -116,5 +125,107 @@ def save(curves: list[dict], path: Path, colours: dict[str, str]) -> None:
     for axes in grid[len(curves) :]:
         axes.set_visible(False)
     figure.suptitle("R2ScP: accuracy against the missing rate (mean ± std over seeds)", fontweight="bold")
+    with artifacts.atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+
+
+# --------------------------------------------------------------------------- confidence
+
+
+def build_confidence(evaluations, load_predictions) -> list[dict]:
+    """Per (table key, missing modality, retrieval method): the questions of each seed's evaluation in
+    confidence quintiles, with the method's and zero-fill's accuracy on them; averaged over seeds."""
+    def whole(evaluation) -> bool:
+        p = evaluation.protocol
+        return p.missing in ("audio", "visual") and p.rate >= 1.0 and p.partial >= 1.0 and not evaluation.table.protocol
+
+    zero = {(tuple(e.table[:5]), e.protocol.missing, e.seed): e for e in evaluations if e.recovery == "zero" and whole(e)}
+    per_seed: dict[tuple, list[list[dict]]] = defaultdict(list)
+    for evaluation in evaluations:
+        if evaluation.recovery not in ("cmr", "cmr+cap") or not whole(evaluation):
+            continue
+        if not (evaluation.path / "predictions.jsonl").exists():
+            continue
+        records = [r for r in load_predictions(evaluation.path / "predictions.jsonl") if r.get("confidence") is not None]
+        if len(records) < CONFIDENCE_BINS:
+            continue  # an evaluation from before confidences were recorded
+        base = tuple(evaluation.table[:5])
+        reference = zero.get((base, evaluation.protocol.missing, evaluation.seed))
+        zero_correct = None
+        if reference is not None and (reference.path / "predictions.jsonl").exists():
+            zero_correct = {r["qid"]: r["correct"] for r in load_predictions(reference.path / "predictions.jsonl")}
+        records.sort(key=lambda r: r["confidence"])
+        bins = []
+        for chunk in np.array_split(np.arange(len(records)), CONFIDENCE_BINS):
+            rows = [records[i] for i in chunk]
+            bins.append({
+                "confidence": statistics.fmean(r["confidence"] for r in rows),
+                "accuracy": 100.0 * statistics.fmean(r["correct"] for r in rows),
+                "zero": None if zero_correct is None else 100.0 * statistics.fmean(zero_correct[r["qid"]] for r in rows),
+                "count": len(rows),
+            })  # fmt: skip
+        per_seed[(base, evaluation.protocol.missing, evaluation.recovery)].append(bins)
+    out = []
+    for (base, missing, method), seeds in sorted(per_seed.items(), key=lambda item: str(item[0])):
+        bins = []
+        for index in range(CONFIDENCE_BINS):
+            at = [seed[index] for seed in seeds]
+            zero_values = [b["zero"] for b in at if b["zero"] is not None]
+            bins.append({
+                "confidence": statistics.fmean(b["confidence"] for b in at),
+                "accuracy": statistics.fmean(b["accuracy"] for b in at),
+                "zero": statistics.fmean(zero_values) if len(zero_values) == len(at) else None,
+                "count": sum(b["count"] for b in at),
+            })  # fmt: skip
+        encoder, format, kind, split, features = base
+        out.append({"encoder": encoder, "format": format, "kind": kind, "split": split, "features": features,
+                    "missing": missing, "method": method, "seeds": len(seeds), "bins": bins})  # fmt: skip
+    return out
+
+
+def confidence_markdown(groups: list[dict]) -> list[str]:
+    lines = []
+    for group in groups:
+        title = curve_title(group).replace("against the rate", f"· {group['method']} against the retrieval confidence")
+        lines += [f"## {title}", "", "| confidence quintile | mean similarity | " + group["method"] + " | zero-fill, same questions |",
+                  "|---|---:|---:|---:|"]  # fmt: skip
+        for index, b in enumerate(group["bins"], 1):
+            zero = "—" if b["zero"] is None else f"{b['zero']:.2f}"
+            label = f"{index}" + {1: " (lowest)", CONFIDENCE_BINS: " (highest)"}.get(index, "")
+            lines.append(f"| {label} | {b['confidence']:.3f} | {b['accuracy']:.2f} | {zero} |")
+        lines += ["", f"The questions whose {group['missing']} was retrieved, split into five equal groups by the fill's "
+                  f"confidence; accuracy (%) of {group['method']} and of zero-fill (same seed) on each group, mean over "
+                  f"{group['seeds']} seed(s).", ""]  # fmt: skip
+    return lines
+
+
+def save_confidence(groups: list[dict], path: Path, colours: dict[str, str]) -> None:
+    """One panel per (missing modality, table): a solid line per retrieval method, dashed: zero-fill on
+    the same questions."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels: dict[tuple, list[dict]] = defaultdict(list)
+    for group in groups:
+        panels[(group["encoder"], group["format"], group["kind"], group["split"], group["features"], group["missing"])].append(group)
+    figure = Figure(figsize=(6.0 * min(2, len(panels)), 4.2 * ((len(panels) + 1) // 2)), layout="constrained")
+    FigureCanvasAgg(figure)
+    grid = figure.subplots((len(panels) + 1) // 2, min(2, len(panels)), squeeze=False).ravel()
+    for axes, members in zip(grid, panels.values()):
+        for group in members:
+            x = [b["confidence"] for b in group["bins"]]
+            colour = colours.get(group["method"])
+            axes.plot(x, [b["accuracy"] for b in group["bins"]], marker="o", color=colour, label=group["method"])
+            if all(b["zero"] is not None for b in group["bins"]):
+                axes.plot(x, [b["zero"] for b in group["bins"]], marker="x", linestyle="--", color=colour,
+                          label=f"zero-fill on {group['method']}'s questions")  # fmt: skip
+        axes.set_xlabel("retrieval confidence (mean key similarity of the neighbours), per quintile")
+        axes.set_ylabel("accuracy (%)")
+        axes.set_title(curve_title(members[0]).replace("against the rate", "against the retrieval confidence"), fontsize=8)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7)
+    for axes in grid[len(panels) :]:
+        axes.set_visible(False)
+    figure.suptitle("R2ScP: accuracy against the retrieval confidence (mean over seeds)", fontweight="bold")
     with artifacts.atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120)

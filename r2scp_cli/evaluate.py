@@ -109,7 +109,8 @@ def run(config: EvalConfig, force: bool = False) -> Path:
                 route=kind == "router", masks=masks)  # fmt: skip
 
     combined = p["routed"] if kind == "router" else sum(p[m] for m in EXPERTS)
-    records = prediction_records(store, split, combined, p["alpha"] if kind == "router" else None)
+    records = prediction_records(store, split, combined, p["alpha"] if kind == "router" else None,
+                                 p["confidence"], p["trust"])  # fmt: skip
     metrics = compute_metrics(records, store.format)
     result = {
         "stage": "eval",
@@ -221,8 +222,17 @@ def noise_identification(model, store: FeatureStore, split, videos: VideoTokens,
     return out
 
 
-def prediction_records(store: FeatureStore, split, log_probs: torch.Tensor, alpha: torch.Tensor | None) -> list[dict]:
-    """One record per question: id, video, type, predicted and true answer, correctness, router weights."""
+def _finite(values: torch.Tensor | None, i: int) -> float | None:
+    if values is None or not torch.isfinite(values[i]):
+        return None
+    return round(float(values[i]), 5)
+
+
+def prediction_records(store: FeatureStore, split, log_probs: torch.Tensor, alpha: torch.Tensor | None,
+                       confidence: torch.Tensor | None = None, trust: torch.Tensor | None = None) -> list[dict]:  # fmt: skip
+    """One record per question: id, video, type, predicted and true answer, correctness, router weights,
+    and for a question whose missing modality was retrieved, the fill's confidence (mean key
+    similarity of its neighbours) and, with --trust, the trust the model gave it."""
     q = store.questions
     choice = log_probs.argmax(-1).numpy()
     options_text = store.options_text(split.rows) if store.has_options else None
@@ -242,6 +252,8 @@ def prediction_records(store: FeatureStore, split, log_probs: torch.Tensor, alph
                 "answer": q.answer[row],
                 "correct": bool(choice[i] == split.answers[i].item()),
                 "weights": None if alpha is None else dict(zip(EXPERTS, np.round(alpha[i].numpy(), 4).tolist())),
+                "confidence": _finite(confidence, i),
+                "trust": _finite(trust, i),
             }
         )
     return records

@@ -507,15 +507,20 @@ def run(config: ReportConfig, force: bool = False) -> Path:
         print_tables(tables)
         return out
     rate_curves = curves.build_curves(evaluations)
-    artifacts.write_json(out / "report.json", {"evaluations": len(evaluations), "tables": tables, "curves": rate_curves})
-    artifacts.write_text(out / "report.md", markdown(tables) + "\n".join(curves.markdown(rate_curves)))
+    confidence = curves.build_confidence(evaluations, load_predictions)
+    artifacts.write_json(out / "report.json", {"evaluations": len(evaluations), "tables": tables, "curves": rate_curves,
+                                               "confidence": confidence})  # fmt: skip
+    extra = curves.markdown(rate_curves) + curves.confidence_markdown(confidence)
+    artifacts.write_text(out / "report.md", markdown(tables) + "\n".join(extra))
     save_chart(tables, out / "report.png")
     written = [out / name for name in REPORT_FILES]
-    if rate_curves:
-        curves.save(rate_curves, out / "curves.png", method_colours(tables))
-        written.append(out / "curves.png")
-    else:
-        (out / "curves.png").unlink(missing_ok=True)  # a report redone without a sweep keeps no stale picture
+    colours = method_colours(tables)
+    for name, drawn, save in (("curves.png", rate_curves, curves.save), ("confidence.png", confidence, curves.save_confidence)):
+        if drawn:
+            save(drawn, out / name, colours)
+            written.append(out / name)
+        else:
+            (out / name).unlink(missing_ok=True)  # a report redone without them keeps no stale picture
     print_tables(tables)
     console.print(f"wrote {', '.join(str(path) for path in written)}", soft_wrap=True)
     stage.finish(figures={"evaluations": len(evaluations), "tables": len(tables)})

@@ -280,3 +280,24 @@ def test_demo_protocol_sweep_feeds_the_rate_curve(world, tmp_path):
     assert all(c["rates"] == ["0", "0.3", "0.5", "0.7", "1"] for c in saved["curves"])
     complete = json.loads((run_dir / "eval-none" / "metrics.json").read_text())["metrics"]["overall"]["accuracy"]
     assert saved["curves"][0]["lines"]["cmr+cap"]["0"]["mean"] == complete
+
+
+def test_predictions_carry_the_fill_confidence_of_recovered_questions(world, tmp_path):
+    root, features, bank, router = world
+    out = evaluate.run(EvalConfig(router, tmp_path / "mixed", missing="audio", rate=0.5))
+    records = _predictions(out)
+    video_ids, codes = _test_masks(features, Protocol("audio", rate=0.5))
+    hit = {video for video, code in zip(video_ids, codes) if code > 0}
+    for record in records:
+        if record["video_id"] in hit:
+            assert -1.0 <= record["confidence"] <= 1.0
+        else:
+            assert record["confidence"] is None
+        assert record["trust"] is None  # trained without --trust
+    assert any(r["confidence"] is not None for r in records) and any(r["confidence"] is None for r in records)
+
+
+def _test_masks(features, protocol):
+    with FeatureStore(features) as store:
+        video_ids = store.questions.video_id[store.questions.rows("test")]
+    return video_ids, eval_masks(protocol, video_ids, T).missing

@@ -383,3 +383,27 @@ def test_no_curve_without_three_rates(tmp_path):
     out = report.run(ReportConfig((root,), tmp_path / "report"))
     assert json.loads((out / "report.json").read_text())["curves"] == []
     assert not (out / "curves.png").exists()
+
+
+def test_accuracy_against_confidence_compares_with_zero_fill_on_the_same_questions(tmp_path):
+    """Ten questions with confidences 0.1..1.0: the retrieval method is right on the six most confident,
+    zero-fill on the even-numbered ones; quintiles of two questions each, accuracies counted by hand."""
+    root = tmp_path / "runs"
+    method_right = [i >= 4 for i in range(10)]
+    zero_right = [i % 2 == 0 for i in range(10)]
+    for recovery, right in (("cmr+cap", method_right), ("zero", zero_right)):
+        directory = fake_eval(root / recovery / "eval-audio", recovery, "audio", 0, 5, total=10,
+                              protocol=_protocol("audio"))  # fmt: skip
+        records = [{**prediction(i, "Audio", "Counting", right[i]),
+                    "confidence": None if recovery == "zero" else round(0.1 * (i + 1), 2), "trust": None}
+                   for i in reversed(range(10))]  # fmt: skip
+        (directory / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = report.run(ReportConfig((root,), tmp_path / "report"))
+    (group,) = json.loads((out / "report.json").read_text())["confidence"]
+    assert (group["method"], group["missing"], group["seeds"]) == ("cmr+cap", "audio", 1)
+    assert [b["count"] for b in group["bins"]] == [2] * 5
+    assert [round(b["confidence"], 2) for b in group["bins"]] == [0.15, 0.35, 0.55, 0.75, 0.95]
+    assert [b["accuracy"] for b in group["bins"]] == [0.0, 0.0, 100.0, 100.0, 100.0]
+    assert [b["zero"] for b in group["bins"]] == [50.0] * 5
+    assert "| 1 (lowest) | 0.150 | 0.00 | 50.00 |" in (out / "report.md").read_text()
+    assert Image.open(out / "confidence.png").size[0] > 400

@@ -206,6 +206,8 @@ def train_experts(
         "--trust/--no-trust", help="cmr, cmr+cap: learn a trust that scales each fill toward zero-fill.")] = False,
     router_holdout: Annotated[float, typer.Option(
         help="Share of the train videos stage 1 leaves out; train-router then learns on them alone.")] = 0.0,
+    noise_aux: Annotated[float, typer.Option(
+        help="cap, cmr+cap: weight of a loss teaching CAP to find corrupted positions of a present modality.")] = 0.0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
     force: Force = False,
 ) -> None:
@@ -215,7 +217,7 @@ def train_experts(
     config = TrainExpertsConfig(
         features, bank, out, recovery, p_missing, n, rho, lambda_rank, margin, d_model,
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, simulate=simulate, partial=partial,
-        trust=trust, router_holdout=router_holdout,
+        trust=trust, router_holdout=router_holdout, noise_aux=noise_aux,
     )
     stage.run_experts(config, force=force, resume=resume)
 

@@ -27,7 +27,7 @@ from .config import RECOVERY_METHODS, TrainExpertsConfig, TrainRouterConfig
 from .console import console, progress_bar
 from .errors import UserError
 from .features import FeatureStore
-from .model import EXPERTS, MEDIA, ModelConfig, R2ScP, ranking_loss
+from .model import EXPERTS, MEDIA, MISSING_CODES, OTHER, ModelConfig, R2ScP, ranking_loss
 from .protocols import check_simulation, simulate
 from .retrieval.bank import Bank
 
@@ -167,12 +167,19 @@ def validate(model, data: RunData, stage: int, batch_size: int, device: str) -> 
 # --------------------------------------------------------------------------- losses
 
 
-def expert_losses(model: R2ScP, batch: dict, out: dict, lambda_rank: float, margin: float) -> dict[str, torch.Tensor]:
+def expert_losses(model: R2ScP, batch: dict, out: dict, lambda_rank: float, margin: float,
+                  noise_aux: float = 0.0) -> dict[str, torch.Tensor]:  # fmt: skip
     """Each expert's own stage-1 loss: its cross-entropy, + lambda * the ranking loss of its retrieved
-    fills, + the MSE of the generative baseline's pseudo tokens to the real ones. The experts are
-    pre-trained independently: every parameter receives gradient from one of these losses only."""
+    fills, + the MSE of the generative baseline's pseudo tokens to the real ones (+ noise_aux * CAP's
+    noise-identification loss). The experts are pre-trained independently: every parameter receives
+    gradient from one of these losses only."""
     answer = batch["answer"]
     losses = {m: F.cross_entropy(out["expert_logits"][m], answer) for m in EXPERTS}
+    if noise_aux > 0 and model.cfg.purifies:
+        for m in MEDIA:
+            found = noise_identification_loss(model, batch, m)
+            if found is not None:
+                losses[m] = losses[m] + noise_aux * found
     for m, rec in batch["recover"].items():
         r = out["recovery"][m]
         if r["generated"] is not None:
@@ -199,9 +206,35 @@ def expert_losses(model: R2ScP, batch: dict, out: dict, lambda_rank: float, marg
     return losses
 
 
-def stage_one_loss(model: R2ScP, batch: dict, out: dict, lambda_rank: float, margin: float) -> torch.Tensor:
+def noise_identification_loss(model: R2ScP, batch: dict, m: str, tau: float = 0.1) -> torch.Tensor | None:
+    """CAP m learns where a present modality is corrupted (DESIGN section 7, degraded): in the batch's
+    complete rows, a burst of k of m's projected tokens is swapped for another clip's tokens at the same
+    positions; Omega_noise should choose them. Loss: -log of the softmax(delta / tau) mass on them."""
+    rows = torch.nonzero(batch["missing"] == MISSING_CODES["none"]).squeeze(1)
+    k, T = model.cfg.k, model.cfg.segments
+    if len(rows) < 2 or k >= T:
+        return None
+    raw = batch[m][rows]
+    donor = torch.roll(torch.arange(len(rows), device=raw.device), 1)
+    usable = ~(raw == raw[donor]).all(dim=2).all(dim=1)  # a donor of the same clip corrupts nothing
+    if not usable.any():
+        return None
+    start = torch.randint(0, T - k + 1, (len(rows),), device=raw.device)
+    corrupt = torch.zeros(len(rows), T, dtype=torch.bool, device=raw.device)
+    corrupt.scatter_(1, start[:, None] + torch.arange(k, device=raw.device), True)
+    h = model.projection[m](raw)
+    h = torch.where(corrupt[..., None], h[donor], h)
+    available = model.context_projection[m]["available"](batch[OTHER[m]][rows])
+    q_global = model.question_projection[m](batch["q_global"][rows])
+    delta, _ = model.cap[m].identify_noise(h, [available], q_global)
+    log_p = torch.log_softmax(delta / tau, dim=-1).masked_fill(~corrupt, float("-inf"))
+    return -torch.logsumexp(log_p, dim=-1)[usable].mean()
+
+
+def stage_one_loss(model: R2ScP, batch: dict, out: dict, lambda_rank: float, margin: float,
+                   noise_aux: float = 0.0) -> torch.Tensor:  # fmt: skip
     """The sum of the experts' own losses."""
-    return sum(expert_losses(model, batch, out, lambda_rank, margin).values())
+    return sum(expert_losses(model, batch, out, lambda_rank, margin, noise_aux).values())
 
 
 # --------------------------------------------------------------------------- the loop
@@ -223,6 +256,7 @@ class LoopConfig:
     margin: float = 0.0
     simulate: str = "mixed"  # which modality a training sample may lose: mixed (audio or visual), audio, visual
     partial: float = 1.0  # share of its segments a sample that loses a modality loses (1: all)
+    noise_aux: float = 0.0  # weight of CAP's noise-identification loss (stage 1)
 
 
 def save_model(path: Path, model: R2ScP, answers: list[str], **extra) -> None:
@@ -272,7 +306,7 @@ def fit(model: R2ScP, params: list, data: RunData, loop: LoopConfig, out_dir: Pa
                 batch = to_device(batch, loop.device)
                 out = net(batch, route=loop.stage == 2)
                 if loop.stage == 1:
-                    loss = stage_one_loss(model, batch, out, loop.lambda_rank, loop.margin)
+                    loss = stage_one_loss(model, batch, out, loop.lambda_rank, loop.margin, loop.noise_aux)
                 else:
                     loss = F.cross_entropy(out["logits"], batch["answer"])
                 optimizer.zero_grad(set_to_none=True)
@@ -330,6 +364,8 @@ def check_training_config(config) -> None:
         raise UserError("--epochs and --batch-size must be at least 1")
     if isinstance(config, TrainExpertsConfig) and not 0.0 < config.rho <= 1.0:
         raise UserError(f"--rho {config.rho}: must lie in (0, 1]")
+    if isinstance(config, TrainExpertsConfig) and config.noise_aux < 0:
+        raise UserError(f"--noise-aux {config.noise_aux}: must be at least 0")
     if isinstance(config, TrainExpertsConfig) and not 0.0 <= config.router_holdout < 1.0:
         raise UserError(f"--router-holdout {config.router_holdout}: must lie in [0, 1)")
 
@@ -370,7 +406,7 @@ def run_experts(config: TrainExpertsConfig, force: bool = False, resume: bool = 
     model.to(config.device)
     loop = LoopConfig(1, config.epochs, config.patience, config.batch_size, config.lr, config.seed,
                       config.p_missing, config.device, config.lambda_rank, config.margin, config.simulate,
-                      config.partial)  # fmt: skip
+                      config.partial, config.noise_aux)  # fmt: skip
     summary = fit(model, model.stage_one_parameters(), data, loop, config.out, resume)
     console.print(f"stage 1 ({config.recovery}): best val {summary['val'].get('selection', float('nan')):.2f} "
                   f"at epoch {summary['best_epoch']}")  # fmt: skip

@@ -314,3 +314,30 @@ def test_trust_scales_fills_toward_zero_fill_and_learns_from_the_random_fill(rec
         assert model.trust[m].score[0].weight.grad.abs().sum() > 0
         other = "visual" if m == "audio" else "audio"
         assert model.trust[other].score[0].weight.grad is None
+
+
+def test_noise_identification_loss_trains_caps_choice_and_only_expert_m():
+    """--noise-aux: in complete rows a burst of k tokens is swapped for another row's; the loss falls
+    as CAP learns to put Omega_noise there, and only expert m's parameters receive its gradient."""
+    from r2scp_cli.train import noise_identification_loss
+
+    torch.manual_seed(0)
+    model = R2ScP(config("cmr+cap"))
+    batch = toy_batch(B=6, missing=("none",) * 6)
+    loss = noise_identification_loss(model, batch, "audio")
+    loss.backward()
+    touched = {name.split(".")[0] + "." + name.split(".")[1] for name, p in model.named_parameters()
+               if p.grad is not None and p.grad.abs().sum() > 0}  # fmt: skip
+    assert touched == {"projection.audio", "question_projection.audio", "context_projection.audio", "cap.audio"}
+    optimizer = torch.optim.Adam(model.cap["audio"].parameters(), lr=1e-2)
+    first = None
+    for step in range(60):
+        torch.manual_seed(step % 4)  # four fixed corruptions, visited in turn
+        loss = noise_identification_loss(model, batch, "audio")
+        first = loss.item() if first is None else first
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    torch.manual_seed(0)
+    assert noise_identification_loss(model, batch, "audio").item() < 0.7 * first
+    assert noise_identification_loss(model, toy_batch(missing=("audio",) * 6), "audio") is None  # no complete row

@@ -6,7 +6,7 @@ segments (224x224 frames, a 10-s 16 kHz track) and prints one summary line:
 
 * adapter clips/s -- ``encode_clips`` end to end: the numpy preprocessing of every segment
   (Kaldi fbank, bicubic resize) on a thread pool, then the audio and vision passes in fp16
-  autocast, 8 + 8 batch items per clip;
+  autocast (``--precision fp32``: the reference's fp32), 8 + 8 batch items per clip;
 * model-only and preprocessing-only clips/s, to show which side bounds it;
 * questions/s of ``encode_texts`` and the peak GPU memory.
 
@@ -15,7 +15,7 @@ Runs unattended in about two minutes on one H100 / H200 (model build ~30 s, warm
 einops, regex, ftfy (+ wcwidth), iopath (+ portalocker, tqdm) and imagebind-unofficial 0.1.1
 (installed with --no-deps); the repository root is put on sys.path, r2scp need not be installed.
 
-    python bench/imagebind_gpu.py [--seconds 30] [--clips-per-call 16]
+    python bench/imagebind_gpu.py [--seconds 30] [--clips-per-call 16] [--precision auto|fp32|fp16]
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--forward-batch", type=int, default=ib.FORWARD_BATCH, help="images or spectrograms per forward")
     parser.add_argument("--questions", type=int, default=256, help="questions per encode_texts call")
     parser.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only for a smoke run")
+    parser.add_argument("--precision", default="auto", choices=ib.PRECISIONS, help="extract's --precision (auto: fp16 on CUDA)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -97,7 +98,8 @@ def main() -> None:
         model = module.imagebind_huge(pretrained=False)
     params = sum(p.numel() for p in model.parameters()) / 1e9
     encoder = ib.ImageBindEncoder(model, ib.load_tokenizer(None), args.segments, args.device,
-                                  weights_sha256="none (random weights)", forward_batch=args.forward_batch)
+                                  weights_sha256="none (random weights)", forward_batch=args.forward_batch,
+                                  precision=args.precision)
     clips = synthetic_clips(args.clips_per_call, args.segments, 10.0, seed=0)
     setup = time.perf_counter() - started
     if device.type == "cuda":
@@ -113,7 +115,7 @@ def main() -> None:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    precision = "fp16 autocast" if device.type == "cuda" else "fp32"
+    precision = {"fp16": "fp16 autocast", "fp32": "fp32"}[encoder.precision]
     print(
         f"imagebind_gpu: {name} | imagebind_huge {params:.2f} B params, random weights, {precision} | "
         f"T={args.segments}, {args.clips_per_call} clips per call, forward batch {args.forward_batch} | "

@@ -126,6 +126,9 @@ def extract(
              "OUT's part file (--out f.h5 --shard 1/4 writes f.part-1-of-4.h5; shard 0 also holds every "
              "question). Unset: torchrun's RANK/WORLD_SIZE, else a SLURM array's task id, when present. "
              "Join the parts with `r2scp merge-features`.")] = None,
+    precision: Annotated[str, typer.Option(
+        help="--encoder imagebind: auto (fp16 autocast on CUDA, fp32 elsewhere), fp32 (the reference's) or fp16; "
+             "recorded in the encoder version, so features of the two never mix.")] = "auto",
     force: Force = False,
 ) -> None:
     """Decode media and encode clips and questions into an HDF5 feature store."""
@@ -135,6 +138,7 @@ def extract(
     config = ExtractConfig(
         dataset, out, encoder, segments, _csv(splits), format, batch_size, max_failures,
         audio_npy, visual_npy, checkpoint, device, image_size, degrade=degrade, degrade_seed=degrade_seed,
+        precision=precision,
     )
     stage.run(config, force=force, shard=shards.resolve(shard))
 

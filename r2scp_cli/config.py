@@ -100,6 +100,7 @@ class ExtractConfig(StageConfig):
     image_size: int = 0  # --encoder pretrained: network input in pixels; 0 = the source's, at most 224
     degrade: str = ""  # corrupt the decoded media per segment (degrade.py grammar); "" = clean
     degrade_seed: int = 0  # with the video id, draws which segments are corrupted
+    precision: str = "auto"  # --encoder imagebind: auto (fp16 on CUDA, fp32 elsewhere), fp32 or fp16
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ import json
 import math
 import os
 import sys
+import types
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -401,3 +403,84 @@ def test_cli_extract_with_a_checkpoint_writes_a_joint_space_store(tmp_path, monk
         q = store.question_arrays([0, 1])
         assert q["mask"].sum(axis=1).tolist() == [7, 7]  # <sot> how many violin are sounding <eot>
         np.testing.assert_allclose(np.linalg.norm(q["global"], axis=1), 1.0, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- --precision
+
+
+def test_precision_auto_on_cpu_is_fp32_bit_for_bit_and_each_is_recorded():
+    torch.manual_seed(0)
+    model = StandIn()
+    clips, questions = scene_clips(3), ["Where is the violin?", "Is the piano louder than the drum?"]
+    encoders = {p: ib.ImageBindEncoder(model, toy_tokenizer, segments=3, precision=p) for p in ("auto", "fp32", "fp16")}
+    for asked, used in (("auto", "fp32"), ("fp32", "fp32"), ("fp16", "fp16")):
+        info = encoders[asked].info
+        assert (info.preprocessing["precision"], info.encoder_version) == (used, f"1-{used}")
+    out = {p: (e.encode_clips(clips), e.encode_texts(questions)) for p, e in encoders.items()}
+    for a, b in zip(out["auto"][0], out["fp32"][0]):
+        assert all(np.array_equal(a[name], b[name]) for name in a)
+    assert all(np.array_equal(out["auto"][1][name], out["fp32"][1][name]) for name in out["fp32"][1])
+    # fp16 autocast runs on the CPU too: other bits, the same directions
+    half, full = out["fp16"][0][0]["audio"], out["fp32"][0][0]["audio"]
+    assert not np.array_equal(half, full) and (half * full).sum(axis=1).min() > 0.999
+    assert (out["fp16"][1]["global"] * out["fp32"][1]["global"]).sum(axis=1).min() > 0.999
+    assert not encoders["fp16"].info.compatible(encoders["fp32"].info)  # never mixed in a bank or a run
+    assert encoders["auto"].info.compatible(encoders["fp32"].info)
+
+
+def test_bad_or_misplaced_precision_is_one_line(tmp_path):
+    from r2scp_cli.encoders.registry import build_encoder
+
+    with pytest.raises(UserError, match=r"^unknown --precision 'fp8'; choose one of: auto, fp32, fp16$"):
+        ib.ImageBindEncoder(StandIn(), toy_tokenizer, segments=2, precision="fp8")
+    with pytest.raises(UserError, match="unknown --precision 'bf16'"):  # before the checkpoint is looked for
+        ib.build(_config(tmp_path, precision="bf16", checkpoint=tmp_path / "nowhere.pth"))
+    handcrafted = ExtractConfig(dataset=tmp_path, out=tmp_path / "f.h5", precision="fp16")
+    with pytest.raises(UserError, match=r"--precision fp16: only --encoder imagebind .* \('handcrafted' runs in float32\)"):
+        build_encoder(handcrafted)
+    assert build_encoder(ExtractConfig(dataset=tmp_path, out=tmp_path / "f.h5")).info.encoder == "handcrafted"
+
+
+def test_extraction_records_precision_and_refuses_to_resume_with_another(tmp_path, monkeypatch):
+    """The adapter's real build path (checkpoint, strict load) with the stand-in as the architecture."""
+    from typer.testing import CliRunner
+
+    from r2scp_cli import extract
+    from r2scp_cli.cli import app
+    from r2scp_cli.features import FeatureStore
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "ck.pth"
+    torch.save(StandIn().state_dict(), checkpoint)
+    monkeypatch.setattr(ib, "load_model_module", lambda: types.SimpleNamespace(imagebind_huge=lambda pretrained=False: StandIn()))
+    monkeypatch.setattr(ib, "load_tokenizer", lambda path: toy_tokenizer)
+    data, out = tiny_music_avqa(tmp_path / "data"), tmp_path / "f.h5"
+    partial = out.with_name("f.h5.partial")
+    args = ["extract", str(data), "--out", str(out), "--segments", "2"]
+
+    for extra, message in ((["--encoder", "imagebind", "--checkpoint", str(checkpoint), "--precision", "fp8"],
+                            "unknown --precision 'fp8'"),
+                           (["--precision", "fp16"], "only --encoder imagebind has a choice of precision")):  # fmt: skip
+        bad = CliRunner().invoke(app, [*args, *extra])
+        assert bad.exit_code == 1 and message in bad.output and len(bad.output.strip().splitlines()) == 1
+        assert not out.exists() and not partial.exists()
+
+    def config(precision: str) -> ExtractConfig:
+        return ExtractConfig(data, out, "imagebind", segments=2, checkpoint=checkpoint, precision=precision)
+
+    encode_texts = ib.ImageBindEncoder.encode_texts
+    monkeypatch.setattr(ib.ImageBindEncoder, "encode_texts", lambda self, texts: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):  # interrupted after the videos, before the questions
+        extract.run(config("fp16"), workers=0)
+    assert partial.exists() and not out.exists()
+    monkeypatch.setattr(ib.ImageBindEncoder, "encode_texts", encode_texts)
+    with pytest.raises(UserError, match=r"f\.h5\.partial: an unfinished extraction with other settings \(encoder_version, preprocessing\)"):
+        extract.run(config("auto"), workers=0)  # auto is fp32 on the CPU
+    assert extract.run(config("fp16"), workers=0) == out  # the same precision resumes
+    fp32 = extract.run(replace(config("fp32"), out=tmp_path / "g.h5"), workers=0)
+    with FeatureStore(out) as half, FeatureStore(fp32) as full:
+        assert (half.info.preprocessing["precision"], half.info.encoder_version) == ("fp16", "1-fp16")
+        assert (full.info.preprocessing["precision"], full.info.encoder_version) == ("fp32", "1-fp32")
+        assert not half.info.compatible(full.info)
+        a, b = half.tokens("00000001", "audio"), full.tokens("00000001", "audio")
+        assert np.abs(a - b).max() > 0 and (a * b).sum(axis=1).min() > 0.999

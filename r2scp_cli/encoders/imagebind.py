@@ -20,7 +20,11 @@ a learned one. The per-token question features are not what the model was traine
 (only the end-of-text token is); the file's attributes say so.
 
 The checkpoint is never downloaded: ``--checkpoint`` or IMAGEBIND_CHECKPOINT, memory-mapped,
-loaded strictly, its sha256 recorded. On a GPU the forward passes run under fp16 autocast.
+loaded strictly, its sha256 recorded. ``--precision``: ``fp32`` (the reference's) or ``fp16``
+(the forward passes under ``torch.autocast`` float16, weights kept in float32); ``auto`` picks fp16
+on CUDA, fp32 elsewhere. The precision goes into the encoder version (``1-fp16``) and the
+preprocessing attributes, so features of the two never mix (bench/imagebind_precision.py measures
+the drift).
 """
 
 from __future__ import annotations
@@ -69,9 +73,19 @@ IMAGE_SIZE = 224
 FORWARD_BATCH = 64  # images, spectrograms or questions per forward pass
 AUDIO, VISION, TEXT = "audio", "vision", "text"  # ImageBind's modality keys
 CODE_MODULES = ("imagebind", "einops", "ftfy", "regex", "iopath")  # ImageBind's model code and what it imports
+PRECISIONS = ("auto", "fp32", "fp16")  # --precision; auto: fp16 on CUDA, fp32 elsewhere
 
 
 # --------------------------------------------------------------------------- loading
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``--precision`` on ``device``: "fp32" or "fp16" (auto: fp16 on CUDA, fp32 elsewhere)."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown --precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    return precision
 
 
 def given_checkpoint(checkpoint: Path | None) -> Path | None:
@@ -220,8 +234,10 @@ class ImageBindEncoder:
     """
 
     def __init__(self, model: nn.Module, tokenizer: Callable, segments: int, device: str = "cpu",
-                 weights_sha256: str = "none", source: dict | None = None, forward_batch: int = FORWARD_BATCH):
+                 weights_sha256: str = "none", source: dict | None = None, forward_batch: int = FORWARD_BATCH,
+                 precision: str = "auto"):
         self.device = torch_device(device)
+        self.precision = resolve_precision(precision, self.device)  # "fp32" or "fp16"
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.segments = segments
@@ -233,7 +249,7 @@ class ImageBindEncoder:
         out_dim = self._out_dim()
         self.info = EncoderInfo(
             encoder=NAME,
-            encoder_version=VERSION,
+            encoder_version=f"{VERSION}-{self.precision}",  # features of another precision never mix
             segments=segments,
             dims={name: out_dim for name in ("audio", "visual", "text", "audio_global", "visual_global", "text_global")},
             question_tokens=QUESTION_TOKENS,
@@ -250,7 +266,7 @@ class ImageBindEncoder:
                          "tokens": "text trunk last layer -> head LayerNorm + projection; not contrastively trained "
                                    "(only the end-of-text token is)", "global": "end-of-text token (ImageBind's text embedding)"},
                 "globals": "L2-normalised mean of the T segment embeddings", "normalised": "every vector, L2",
-                "precision": "fp16 autocast" if self.device.type == "cuda" else "fp32",
+                "precision": self.precision,  # fp16: torch.autocast float16 over float32 weights
             },  # fmt: skip
         )
 
@@ -268,7 +284,7 @@ class ImageBindEncoder:
         return int([m for m in head.modules() if isinstance(m, nn.Linear)][-1].out_features)
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda")
+        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.precision == "fp16")
 
     @torch.inference_mode()
     def embed(self, modality: str, inputs: np.ndarray) -> np.ndarray:
@@ -322,6 +338,7 @@ class ImageBindEncoder:
 
 def build(config: ExtractConfig) -> ImageBindEncoder:
     """The registry's entry point (``--encoder imagebind``): checkpoint, code, tokenizer, weights."""
+    resolve_precision(config.precision, torch.device("cpu"))  # a bad value fails before any loading
     path = checkpoint_path(config)
     torch_device(config.device)
     module = load_model_module()
@@ -333,4 +350,5 @@ def build(config: ExtractConfig) -> ImageBindEncoder:
         "checkpoint": path.name,
         "model_code": f"imagebind-unofficial {version}" if version != "unknown" else "an ImageBind checkout",
     }
-    return ImageBindEncoder(model, tokenizer, config.segments, config.device, sha256_file(path), source)
+    return ImageBindEncoder(model, tokenizer, config.segments, config.device, sha256_file(path), source,
+                            precision=config.precision)

@@ -76,4 +76,7 @@ def build_encoder(config: ExtractConfig) -> Encoder:
     factory = ENCODERS.get(config.encoder)
     if factory is None:
         raise UserError(f"unknown encoder '{config.encoder}'; choose one of: {', '.join(ENCODERS)}")
+    if config.precision != "auto" and config.encoder != "imagebind":
+        raise UserError(f"--precision {config.precision}: only --encoder imagebind has a choice of precision "
+                        f"('{config.encoder}' runs in float32)")
     return factory(config)

@@ -6,16 +6,23 @@ equals the query's; for recovered visual, the share whose visible instruments *a
 equal the query's. Random is the exact expectation over the bank (own video excluded). Also prints
 each bank's key-quality report (cross-modal recall@10 of held-out videos next to chance).
 
-    python bench/retrieval_quality.py [--videos 400] [--split-by qa|video] [--encoder handcrafted] [--keep DIR]
+With ``--library-videos 0,1000``: each bank size once without and once with a library of that many
+clips (`synth --library`, another seed; smaller libraries are the first clips of the largest, copied
+out of its features file), entries matched against the library's scenes too.
+
+    python bench/retrieval_quality.py [--videos 400] [--size 224] [--split-by qa|video] [--encoder handcrafted]
+        [--modes bind,paired] [--library-videos 0,500,1000] [--keep DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from r2scp_cli import artifacts, extract
@@ -45,10 +52,42 @@ def match_shares(memory: bank.Bank, query_ids: list[str], truth: dict[str, froze
     return {"top1": match[:, 0].mean(), f"top{idx.shape[1]}": match.mean(), "random": random}
 
 
-def pipeline(root: Path, videos: int, encoder: str, split_by: str) -> tuple[Path, Path]:
-    data = synth.run(SynthConfig(out=root / f"data-{split_by}", videos=videos, split_by=split_by))
-    features = extract.run(ExtractConfig(dataset=data, out=root / f"features-{split_by}-{encoder}.h5", encoder=encoder))
+def pipeline(root: Path, videos: int, encoder: str, split_by: str, size: int) -> tuple[Path, Path]:
+    data = synth.run(SynthConfig(out=root / f"data-{split_by}-{size}", videos=videos, split_by=split_by, size=size))
+    features = extract.run(ExtractConfig(dataset=data, out=root / f"features-{split_by}-{size}-{encoder}.h5", encoder=encoder))
     return data, features
+
+
+def library_subset(full: Path, out: Path, count: int) -> Path:
+    """The first ``count`` clips of a library features file, as a finished extract output of its own."""
+    if artifacts.meta_path(out).exists():
+        return out
+    with h5py.File(full, "r") as src, h5py.File(out, "w") as dst:
+        dst.attrs.update(src.attrs)
+        dst.create_group("videos")
+        for video in sorted(src["videos"])[:count]:
+            src.copy(f"videos/{video}", dst["videos"], video)
+        for name in ("failed", "questions", "answers"):
+            src.copy(name, dst)
+    meta = artifacts.read_json(artifacts.meta_path(full))
+    artifacts.write_json(artifacts.meta_path(out), {**meta, "figures": {**meta["figures"], "videos": count}})
+    return out
+
+
+def libraries(root: Path, sizes: list[int], encoder: str, size: int) -> tuple[dict[int, Path | None], dict]:
+    """Library features file per size (None for 0), and the library scenes."""
+    largest = max(sizes)
+    if not largest:
+        return {0: None}, {}
+    started = time.time()
+    data = synth.run(SynthConfig(out=root / f"library-{size}", videos=largest, seed=1, size=size, library=True))
+    synthesised = time.time()
+    full = extract.run(ExtractConfig(dataset=data, out=root / f"library-{size}-{encoder}.h5", encoder=encoder, library=True))
+    print(f"library of {largest}: synth {synthesised - started:.1f} s, extract {time.time() - synthesised:.1f} s "
+          "(0 when reused)")
+    files = {n: (library_subset(full, root / f"library-{size}-{encoder}-{n}.h5", n) if n and n < largest else full if n else None)
+             for n in sizes}  # fmt: skip
+    return files, {s.video_id: s for s in synth.read_scenes(data)}
 
 
 def main() -> None:
@@ -60,32 +99,44 @@ def main() -> None:
         "--split-by", default="qa", choices=("qa", "video"),
         help="qa: as MUSIC-AVQA, query videos are also bank videos (the binder trained on them); video: unseen",
     )  # fmt: skip
+    parser.add_argument("--size", type=int, default=224, help="frame size of the clips (the demo's: 112)")
+    parser.add_argument("--modes", default=",".join(MODES), help="key modes, comma-separated")
+    parser.add_argument("--library-videos", default="0", help="library sizes, comma-separated (0: no library)")
     parser.add_argument("--keep", type=Path, help="work directory to keep (reruns skip finished stages)")
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="r2scp-retrieval-"))
-    data, features = pipeline(root, args.videos, args.encoder, args.split_by)
-    scenes = {s.video_id: s for s in synth.read_scenes(data)}
+    data, features = pipeline(root, args.videos, args.encoder, args.split_by, args.size)
+    sizes = [int(n) for n in args.library_videos.split(",")]
+    library_files, library_scenes = libraries(root, sizes, args.encoder, args.size)
+    scenes = {**{s.video_id: s for s in synth.read_scenes(data)}, **library_scenes}
     with FeatureStore(features) as store:
         query_ids = [v for v in store.videos_of([args.split]) if v in set(store.video_ids)]
     rows = []
-    for mode in MODES:
-        out = bank.run(BankConfig(features, root / f"bank-{args.split_by}-{args.encoder}-{mode}", keys=mode))
-        memory = bank.Bank.open(out)
-        figures = artifacts.read_json(out / "meta.json")["figures"]
-        for m in Modality.media():
-            truth = {v: facts(s, m) for v, s in scenes.items()}
-            shares = match_shares(memory, query_ids, truth, m)
-            quality = figures[m.value]["key_quality"]
-            rows.append((mode, m.value, shares, quality))
+    for mode in args.modes.split(","):
+        for n in sizes:
+            library = (library_files[n],) if n else ()
+            name = f"bank-{args.split_by}-{args.size}-{args.encoder}-{mode}-library{n}"
+            out = bank.run(BankConfig(features, root / name, keys=mode, library=library))
+            memory = bank.Bank.open(out)
+            meta = artifacts.read_json(out / "meta.json")
+            figures = meta["figures"]
+            for m in Modality.media():
+                truth = {v: facts(s, m) for v, s in scenes.items()}
+                shares = match_shares(memory, query_ids, truth, m)
+                quality = figures[m.value]["key_quality"]
+                rows.append((mode, n, m.value, shares, quality, meta["seconds"]))
     print(
-        f"{args.videos} videos split by {args.split_by}, encoder {args.encoder}, {len(query_ids)} {args.split} videos "
-        f"as queries, work dir {root}"
+        f"{args.videos} videos of {args.size} px split by {args.split_by}, encoder {args.encoder}, {len(query_ids)} "
+        f"{args.split} videos as queries, work dir {root}"
     )
-    print(f"{'keys':<7} {'recover':<7} {'top-1':>6} {'top-n':>6} {'random':>6}   key quality (held-out recall@10 / chance)")
-    for mode, target, shares, quality in rows:
+    print(f"{'keys':<7} {'library':>7} {'recover':<7} {'top-1':>6} {'top-n':>6} {'random':>6}   "
+          "key quality (held-out recall@1, recall@10 / chance@10)   bank s")  # fmt: skip
+    for mode, n, target, shares, quality, seconds in rows:
         top_n = next(v for k, v in shares.items() if k.startswith("top") and k != "top1")
-        recall = f"{quality['recall@10']:.3f} / {quality['chance@10']:.3f}" if "recall@10" in quality else quality["note"]
-        print(f"{mode:<7} {target:<7} {shares['top1']:>6.3f} {top_n:>6.3f} {shares['random']:>6.3f}   {recall} ({quality.get('space', mode)})")
+        recall = (f"{quality['recall@1']:.3f}, {quality['recall@10']:.3f} / {quality['chance@10']:.3f}"
+                  if "recall@10" in quality else quality["note"])  # fmt: skip
+        print(f"{mode:<7} {n:>7} {target:<7} {shares['top1']:>6.3f} {top_n:>6.3f} {shares['random']:>6.3f}   "
+              f"{recall} ({quality.get('space', mode)})   {seconds:.0f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -99,6 +99,7 @@ class Split:
 def load_split(store: FeatureStore, name: str, read_text: bool = True) -> Split:
     """Questions of ``name``; with ``read_text=False`` (text declared missing) the question features
     are never read and stand as zeros."""
+    store.require_questions("training")
     rows = store.questions.rows(name)
     if len(rows) == 0:
         raise UserError(f"{store.path}: no questions in split '{name}'")

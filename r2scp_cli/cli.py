@@ -86,18 +86,22 @@ def synth(
     size: Annotated[int, typer.Option(help="Frame height and width in pixels.")] = 224,
     split_by: Annotated[str, typer.Option(help="qa (as MUSIC-AVQA) or video.")] = "qa",
     format: Annotated[str, typer.Option("--format", help="music-avqa or avqa.")] = "music-avqa",
+    library: Annotated[bool, typer.Option(
+        "--library", help="Clips only, no questions: a library for `extract --library` and `build-bank --library`; "
+                          "ids lib<seed>-000001..., never a dataset's clips.")] = False,
     force: Force = False,
 ) -> None:
     """Write the built-in dataset: real mp4 clips and MUSIC-AVQA (or AVQA) annotations."""
     from .synth import dataset as stage
 
-    stage.run(SynthConfig(out, videos, seed, seconds, fps, size, split_by, format), force=force)
+    stage.run(SynthConfig(out, videos, seed, seconds, fps, size, split_by, format, library), force=force)
 
 
 @app.command()
 @stage_command
 def extract(
-    dataset: Annotated[Path, typer.Argument(help="Dataset directory (videos/ and annotation JSON files).")],
+    dataset: Annotated[Path, typer.Argument(
+        help="Dataset directory (videos/ and annotation JSON files); with --library a folder of clips.")],
     out: Out,
     encoder: Annotated[str, typer.Option(
         help="handcrafted, npy, pretrained or imagebind. With imagebind a clip's embedding is the normalised "
@@ -121,6 +125,9 @@ def extract(
              "visual: blur=R, occlude=A, freeze; options share=P, pick=burst|independent). The corrupted "
              "segments are recorded per video (README: degraded media).")] = "",
     degrade_seed: Annotated[int, typer.Option(help="--degrade: seed of the corrupted segments, drawn per video.")] = 0,
+    library: Annotated[bool, typer.Option(
+        "--library", help="DATASET is a folder of clips without annotations (DIR/videos/* or DIR/*: mp4, mkv, webm, "
+                          "avi, mov, m4v): write a library features file (no questions) for `build-bank --library`.")] = False,
     shard: Annotated[Optional[str], typer.Option(
         help="i/N: extract only shard i (0-based) of N: every N-th of the sorted video ids from the i-th, into "
              "OUT's part file (--out f.h5 --shard 1/4 writes f.part-1-of-4.h5; shard 0 also holds every "
@@ -138,6 +145,7 @@ def extract(
     config = ExtractConfig(
         dataset, out, encoder, segments, _csv(splits), format, batch_size, max_failures,
         audio_npy, visual_npy, checkpoint, device, image_size, degrade=degrade, degrade_seed=degrade_seed,
+        library=library,
         precision=precision,
     )
     stage.run(config, force=force, shard=shards.resolve(shard))
@@ -161,7 +169,9 @@ def build_bank(
     features: Annotated[Path, typer.Argument(help="features.h5 from `r2scp extract`.")],
     out: Out,
     bank_splits: Annotated[str, typer.Option(help="Comma-separated splits whose videos enter the bank.")] = "train",
-    library: Annotated[Optional[list[Path]], typer.Option(help="Extra features files of the same encoder.")] = None,
+    library: Annotated[Optional[list[Path]], typer.Option(
+        help="Extra features files of the same encoder (repeatable), e.g. from `extract --library`: their clips "
+             "enter the bank and the keys' training under their own ids, never taken for a dataset video.")] = None,
     keys: Annotated[str, typer.Option(help="auto, unified, bind or paired.")] = "auto",
     neighbours: Annotated[int, typer.Option(help="Neighbours stored per video and modality.")] = 16,
     M: Annotated[int, typer.Option("--M", help="HNSW graph degree.")] = 16,
@@ -300,11 +310,14 @@ def demo(
     videos: Annotated[Optional[int], typer.Option(help="Number of clips (default 400, --quick 150).")] = None,
     protocols: Annotated[bool, typer.Option(
         "--protocols", help="Also evaluate missing rates 0.3/0.5/0.7 and partial loss 0.5; the report draws the curve.")] = False,
+    library_videos: Annotated[Optional[int], typer.Option(
+        help="Clips of the bank's library (synthesised with another seed, no questions); 0: no library "
+             "(default 500, --quick 0).")] = None,
 ) -> None:
     """Run the whole chain on the built-in dataset and print the paper-style table."""
     from . import demo as stage
 
-    stage.run(DemoConfig(out, quick, seeds, encoder, format, videos, protocols))
+    stage.run(DemoConfig(out, quick, seeds, encoder, format, videos, protocols, library_videos))
 
 
 @app.command()

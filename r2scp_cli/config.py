@@ -79,6 +79,7 @@ class SynthConfig(StageConfig):
     size: int = 224  # frame height and width in pixels
     split_by: str = "qa"  # "qa" (as MUSIC-AVQA: a video appears in several splits) or "video"
     format: str = "music-avqa"  # annotation format: "music-avqa" or "avqa"
+    library: bool = False  # clips only (no questions), ids lib<seed>-NNNNNN, scenes never those of a dataset
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class ExtractConfig(StageConfig):
     image_size: int = 0  # --encoder pretrained: network input in pixels; 0 = the source's, at most 224
     degrade: str = ""  # corrupt the decoded media per segment (degrade.py grammar); "" = clean
     degrade_seed: int = 0  # with the video id, draws which segments are corrupted
+    library: bool = False  # `dataset` is a folder of clips without annotations: a library features file
     precision: str = "auto"  # --encoder imagebind: auto (fp16 on CUDA, fp32 elsewhere), fp32 or fp16
 
 
@@ -203,3 +205,4 @@ class DemoConfig(StageConfig):
     format: str = "music-avqa"
     videos: int | None = None  # override the budget's number of clips
     protocols: bool = False  # also evaluate the protocol sweep: missing rates 0.3/0.5/0.7 and partial loss 0.5
+    library_videos: int | None = None  # clips of the bank's library (another seed); 0: none; None: the budget's

@@ -87,6 +87,11 @@ class Dataset:
     format: str
     files: list[AnnotationFile]
     answers: tuple[str, ...]
+    clips: dict[str, Path] | None = None  # a clip folder (library): video id -> media file; no questions
+
+    @property
+    def library(self) -> bool:
+        return self.clips is not None
 
     @property
     def questions(self) -> list[Question]:
@@ -100,10 +105,14 @@ class Dataset:
         return dict(sorted(total.items()))
 
     def video_ids(self) -> list[str]:
-        """Sorted ids of the videos that the questions refer to."""
+        """Sorted ids of the videos that the questions refer to (a library: of its clips)."""
+        if self.clips is not None:
+            return sorted(self.clips)
         return sorted({q.video_id for q in self.questions})
 
     def video_path(self, video_id: str) -> Path:
+        if self.clips is not None:
+            return self.clips[video_id]
         return self.root / "videos" / f"{video_id}.mp4"
 
 
@@ -333,3 +342,30 @@ def read_dataset(root: Path, format: str, splits: Sequence[str]) -> Dataset:
     else:
         answers = tuple(sorted({o for f in files for q in f.questions for o in q.options}))
     return Dataset(root, format, files, answers)
+
+
+# --------------------------------------------------------------------------- clip folders (libraries)
+
+CLIP_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+
+
+def read_clip_folder(root: Path) -> Dataset:
+    """A folder of clips without annotations, read as a library: ``root/videos/*`` when ``root/videos``
+    exists (the layout of `r2scp synth --library` and of MUSIC-AVQA), else ``root/*``; files ending in
+    one of :data:`CLIP_SUFFIXES` (any case), not recursively. A clip's video id is its file stem.
+    Annotation files, if any, are ignored. A folder without clips, or two clips with one stem, is a
+    UserError."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: clip folder not found")
+    folder = root / "videos" if (root / "videos").is_dir() else root
+    clips: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.suffix.lower() not in CLIP_SUFFIXES:
+            continue
+        if path.stem in clips:
+            raise UserError(f"{folder}: two clips with the video id '{path.stem}' ({clips[path.stem].name}, {path.name})")
+        clips[path.stem] = path
+    if not clips:
+        raise UserError(f"{folder}: no clips ({', '.join('*' + s for s in CLIP_SUFFIXES)}) to extract as a library")
+    return Dataset(root, "library", [], (), clips)

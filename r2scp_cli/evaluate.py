@@ -48,6 +48,7 @@ def open_features(path: Path, bank, answers: list[str]) -> FeatureStore:
     """The features to evaluate on: same encoder and dims as the bank, same answer vocabulary."""
     artifacts.require(path, "extract")
     store = FeatureStore(path)
+    store.require_questions("eval")
     if not store.info.compatible(bank.info):
         raise UserError(
             f"{path}: features from encoder '{store.info.encoder}' {store.info.dims} do not match the run's "

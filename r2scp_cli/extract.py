@@ -1,5 +1,11 @@
 """`r2scp extract`: media and questions -> features.h5 (DESIGN section 4).
 
+With ``--library`` the input is any folder of clips without annotations (``DIR/videos/*`` or
+``DIR/*``, see datasets.read_clip_folder) and the output a library features file for `build-bank
+--library`: every clip's tokens and globals, an empty question table and answer vocabulary, and the
+attribute ``library=True``. Without the flag a folder with clips but no annotation files is refused
+with a line that names the flag (no guessing: a mistyped dataset path must not become a library).
+
 The stage reads the annotation files (every record, or a one-line error), decodes each needed
 video once (in a pool of worker processes when there are many; a cheap CPU encoder encodes there
 too), encodes clips in batches and appends them to ``<out>.partial`` as they finish, so an
@@ -28,7 +34,7 @@ import numpy as np
 from . import artifacts, degrade, shards
 from .config import DATASET_FORMATS, ExtractConfig
 from .console import console, progress_bar
-from .datasets import Dataset, Question, read_dataset
+from .datasets import CLIP_SUFFIXES, Dataset, Question, annotation_path, read_clip_folder, read_dataset
 from .encoders.registry import Encoder, build_encoder
 from .errors import UserError
 from .features import FeatureWriter
@@ -50,9 +56,7 @@ def run(config: ExtractConfig, force: bool = False, workers: int | None = None,
     returned (shards.py; `r2scp merge-features` joins the parts).
     """
     _check_config(config)
-    dataset = read_dataset(config.dataset, config.format, config.splits)
-    if not dataset.questions:
-        raise UserError(f"{config.dataset}: no questions in the splits {', '.join(config.splits)}")
+    dataset = _read_input(config)
     questions = dataset.questions
     if shard is not None:  # the shard's videos into its part file; shard 0 keeps every question
         total = len(dataset.video_ids())
@@ -78,17 +82,39 @@ def run(config: ExtractConfig, force: bool = False, workers: int | None = None,
         failures = writer.failures
         _check_failures(failures, len(dataset.video_ids()), config.max_failures, partial)
         kept, excluded = _kept_questions(questions, failures)
-        columns, arrays = _encode_questions(encoder, kept, config.format)
+        columns, arrays = _encode_questions(encoder, kept, "library" if config.library else config.format)
         writer.finalize(dataset.answers, columns, arrays)
     finally:
         writer.close()
     stage.finish(figures={**_figures(dataset, kept, excluded, failures, rate, encoder),
                           **_degrade_figures(config, dataset, failures)}, shard=shard.meta() if shard else None)
+    questions_part = "a library: no questions" if config.library else f"{len(kept)} questions ({len(excluded)} excluded"
     console.print(
-        f"{config.out}: {len(dataset.video_ids()) - len(failures)} videos, {len(kept)} questions "
-        f"({len(excluded)} excluded, {len(failures)} videos failed), {rate:.1f} clips/s"
+        f"{config.out}: {len(dataset.video_ids()) - len(failures)} videos, {questions_part}, "
+        f"{len(failures)} videos failed{'' if config.library else ')'}, {rate:.1f} clips/s"
     )
     return config.out
+
+
+def _read_input(config: ExtractConfig) -> Dataset:
+    """The dataset's annotations (checked) or, with --library, the clip folder; a folder with neither
+    annotation files nor clips, or clips without annotations and no --library, is a one-line error."""
+    if config.library:
+        return read_clip_folder(config.dataset)
+    root = Path(config.dataset)
+    annotations = [annotation_path(root, config.format, split) for split in config.splits]
+    if root.is_dir() and not any(path.exists() for path in annotations):
+        names = ", ".join(path.name for path in annotations)
+        folder = root / "videos" if (root / "videos").is_dir() else root
+        if any(p.is_file() and p.suffix.lower() in CLIP_SUFFIXES for p in folder.iterdir()):
+            raise UserError(f"{root}: clips but no annotation files ({names}); to extract the clips as a library "
+                            "(features without questions, for `build-bank --library`) pass --library")  # fmt: skip
+        raise UserError(f"{root}: neither annotation files ({names}) nor clips ({folder}/*.mp4): "
+                        "not a dataset or a clip folder")  # fmt: skip
+    dataset = read_dataset(root, config.format, config.splits)
+    if not dataset.questions:
+        raise UserError(f"{config.dataset}: no questions in the splits {', '.join(config.splits)}")
+    return dataset
 
 
 def _check_config(config: ExtractConfig) -> None:
@@ -113,10 +139,12 @@ def _degradation(config: ExtractConfig) -> degrade.Degradation | None:
 def _file_attrs(config: ExtractConfig) -> dict:
     """Attributes besides the encoder's: a partial file with other values is not resumed."""
     attrs = {
-        "format": config.format,
+        "format": "library" if config.library else config.format,
         "dataset": str(Path(config.dataset).resolve()),
-        "splits": ",".join(config.splits),
+        "splits": "" if config.library else ",".join(config.splits),
     }
+    if config.library:  # only then: partial files of datasets written before this attribute still resume
+        attrs["library"] = True
     degradation = _degradation(config)  # an extra attribute: encoder, dims and vocabulary stay the clean file's
     attrs["degrade"] = degradation.spec if degradation else "none"
     if degradation:
@@ -316,7 +344,7 @@ def _encode_questions(encoder: Encoder, questions: list[Question], format: str) 
         "answer_index": [q.answer_index for q in questions],
     }
     arrays = _encode_texts(encoder, columns["text"])
-    if format == "avqa":  # each distinct option string is encoded once
+    if format == "avqa":  # each distinct option string is encoded once (a library has no options)
         columns["options_text"] = [list(q.options) for q in questions]
         unique = sorted({o for q in questions for o in q.options})
         vectors = _encode_texts(encoder, unique)["global"]
@@ -340,4 +368,5 @@ def _figures(dataset: Dataset, kept: list[Question], excluded: list[Question], f
         "question_tokens": info.question_tokens,
         "longest_question_words": max((len(q.text.split()) for q in kept), default=0),
         "annotation_quirks": dataset.quirks,
+        **({"library": True} if dataset.library else {}),
     }

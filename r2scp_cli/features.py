@@ -7,7 +7,8 @@ Layout::
             segments, dim_audio, dim_visual, dim_text, dim_audio_global, dim_visual_global,
             dim_text_global, question_tokens, format, dataset, preprocessing (JSON),
             degrade ("none", or the canonical `extract --degrade` spec) and degrade_seed (when degraded);
-            a part of a sharded extraction also shard_index, shard_count, shard_source (shards.py)
+            a part of a sharded extraction also shard_index, shard_count, shard_source (shards.py);
+            a library (`extract --library`: clips without annotations) library=True, format "library"
     /videos/<video_id>/audio          float16 [T, D_a]
     /videos/<video_id>/visual         float16 [T, D_v]
     /videos/<video_id>/audio_global   float32 [D]      L2-normalised
@@ -23,6 +24,10 @@ Layout::
     /questions/options                float32 [Q, K, D_t]   (AVQA only) option text embeddings
     /questions/options_text           str [Q, K]            (AVQA only)
     /answers                          str [A]          the answer vocabulary, in a fixed order
+
+A library file has the same layout with Q = 0 and A = 0 (an empty question table and vocabulary): it
+opens like any store, enters `build-bank --library`, and :meth:`FeatureStore.require_questions`
+refuses it wherever questions are needed.
 
 A file is finished when its ``<file>.meta.json`` exists (see artifacts.py); the writer works on
 ``<file>.partial`` and renames it when every video and question is in.
@@ -141,6 +146,7 @@ class FeatureStore:
             )
         self.info = EncoderInfo.from_attrs(attrs)
         self.format = str(attrs.get("format", "music-avqa"))
+        self.library = bool(attrs.get("library", False))  # clips without questions (`extract --library`)
         self.answers: list[str] = [a.decode() if isinstance(a, bytes) else str(a) for a in self._h5["answers"][()]]
         self.video_ids: list[str] = sorted(self._h5["videos"].keys())
         self.failed: dict[str, str] = {}
@@ -157,6 +163,14 @@ class FeatureStore:
         if spec != "none":
             modalities = sorted({clause.split(":")[0] for clause in spec.split(";")})
             self.degradation = {"spec": spec, "seed": int(attrs.get("degrade_seed", 0)), "modalities": modalities}
+
+    def require_questions(self, use: str) -> None:
+        """One line refusing a library file (no questions) where ``use`` needs a dataset's features."""
+        if self.library:
+            raise UserError(
+                f"{self.path}: a library features file (clips without questions, from `r2scp extract --library`); "
+                f"{use} needs a dataset's features file; a library only enters `r2scp build-bank --library`"
+            )
 
     # -- videos
     def tokens(self, video_id: str, modality: Modality | str, positions: np.ndarray | None = None) -> np.ndarray:

@@ -133,7 +133,8 @@ def restrict(dataset, shard: Shard):
     mine = set(shard.videos(dataset.video_ids()))
     questions = dataset.questions if shard.index == 0 else []
     files = [replace(f, questions=[q for q in f.questions if q.video_id in mine]) for f in dataset.files]
-    return replace(dataset, files=files), questions
+    clips = None if dataset.clips is None else {v: p for v, p in dataset.clips.items() if v in mine}  # a library
+    return replace(dataset, files=files, clips=clips), questions
 
 
 def announce(shard: Shard, videos: int, total: int, part: Path) -> None:

@@ -18,10 +18,20 @@ own video id (MUSIC-AVQA splits by QA pair, so test videos sit in the train bank
 video of fold f is queried through binder_f, which never trained on it (see keys.py: a binder
 that saw the video would hand its missing modality back), so there is one key set per fold.
 
+Library ids live in their own namespace: an entry is (source, video id), and the exclusion compares
+a query's id with each entry's ``own_video``, the dataset video the entry *is*: its id for an entry
+of the features file; for a library clip "" (it is no dataset video, whatever its raw id), unless
+its clip-level vectors (both modalities) equal a dataset video's, bit for bit: then it is a copy of
+that video (the dataset's own clips extracted as a library, say), excluded for it and placed in its
+cross-fitting fold. A library clip whose raw id merely equals a dataset id is neither excluded nor
+read from the wrong file (values are read per source). Re-encoded copies (other bytes) are not
+detected. The binders train on every entry: bank videos and library clips alike.
+
 Bank directory::
 
     meta.json            stage, config, inputs, figures (key quality, HNSW recall), index parameters
-    entries.h5           /sources, /source [E], /video_id [E], /keys/{audio,visual} [folds, E, D_key]
+    entries.h5           /sources, /source [E], /video_id [E] (the id in its source), /own_video [E] (the
+                         dataset video the entry is, "" for a library clip), /keys/{audio,visual} [folds, E, D_key]
     neighbours.h5        /video_id [V], /{audio,visual}/{index [V, n], sim [V, n], negatives [V, r]}
     index_audio_0.bin    hnswlib cosine index over the audio keys of fold 0 (likewise per fold, visual)
     binder_0.pt          `bind`: one binder per fold (weights, dims, config); binder.json: training card
@@ -73,11 +83,18 @@ class Entries:
     """Bank entries: references (source file, video id), in a fixed order."""
 
     stores: list[FeatureStore]
-    source: np.ndarray  # int32 [E]: index into stores
-    video_id: np.ndarray  # object [E]
+    source: np.ndarray  # int32 [E]: index into stores (0: the features file, then the libraries)
+    video_id: np.ndarray  # object [E]: the id within its source
+    own_video: np.ndarray | None = None  # object [E]: the dataset video the entry is ("" for a library clip)
 
     def __len__(self) -> int:
         return len(self.video_id)
+
+    def clips(self) -> list[str]:
+        """One name per distinct clip: the dataset video it is, else ``library<k>:<id>`` (k = its
+        --library position from 1). Cross-fitting folds hash these names."""
+        own = self.own_video if self.own_video is not None else self.video_id
+        return [o or f"library{s}:{v}" for o, s, v in zip(own, self.source, self.video_id)]
 
     def fetch(self) -> Fetch:
         """Read the stacked features of all entries, in entry order, source by source."""
@@ -90,6 +107,12 @@ class Entries:
             return np.concatenate(parts)  # entries are grouped by source (see _bank_entries)
 
         return fetch
+
+
+def exclusion_rows(own_video: Sequence[str]) -> dict[str, np.ndarray]:
+    """dataset video id -> the entry rows a query of that video must never get (its own entry and any
+    library copy of it); library clips that are no dataset video ("") exclude nothing."""
+    return {video: rows for video, rows in rows_by_video(own_video).items() if video}
 
 
 def random_negatives(video_ids: Sequence[str], own_rows: dict[str, np.ndarray], size: int, r: int, seed: int, m: Modality) -> np.ndarray:
@@ -108,9 +131,10 @@ def random_negatives(video_ids: Sequence[str], own_rows: dict[str, np.ndarray], 
 
 
 def _open_inputs(config: BankConfig, stack: ExitStack) -> tuple[FeatureStore, list[FeatureStore]]:
-    """The features file and the library files, all finished and from the same encoder."""
+    """The features file (a dataset's) and the library files, all finished and from the same encoder."""
     artifacts.require(config.features, "extract")
     store = stack.enter_context(FeatureStore(config.features))
+    store.require_questions("build-bank's FEATURES (whose videos are queried)")
     libraries = []
     seen = {Path(config.features).resolve()}
     for path in config.library:
@@ -154,7 +178,45 @@ def _bank_entries(config: BankConfig, store: FeatureStore, libraries: list[Featu
         )
     ids = [main] + [library.video_ids for library in libraries]
     source = np.concatenate([np.full(len(v), s, np.int32) for s, v in enumerate(ids)])
-    return Entries([store, *libraries], source, np.asarray([v for part in ids for v in part], dtype=object))
+    video_id = np.asarray([v for part in ids for v in part], dtype=object)
+    own_video = np.asarray(main + [""] * (len(video_id) - len(main)), dtype=object)
+    if libraries:
+        copies = _copies_of_dataset_videos(store, libraries)
+        own_video[len(main):] = [copies.get((s, v), "") for s, v in zip(source[len(main):], video_id[len(main):])]
+    return Entries([store, *libraries], source, video_id, own_video)
+
+
+def _clip_digest(store: FeatureStore, video_id: str) -> bytes:
+    """A clip's identity in a features file: a hash of both clip-level vectors (a deterministic encoder
+    gives a copied clip the same bits)."""
+    return hashlib.sha256(b"".join(np.ascontiguousarray(store.global_vector(video_id, m)).tobytes() for m in MEDIA)).digest()
+
+
+def _copies_of_dataset_videos(store: FeatureStore, libraries: list[FeatureStore]) -> dict[tuple[int, str], str]:
+    """(source, library video id) -> the dataset video it copies, for library clips whose clip-level
+    vectors equal a video's of the features file (any split: a copy of a test video would hand it back)."""
+    dataset = {_clip_digest(store, v): v for v in store.video_ids}
+    copies = {}
+    for s, library in enumerate(libraries, start=1):
+        for video in library.video_ids:
+            twin = dataset.get(_clip_digest(library, video))
+            if twin is not None:
+                copies[(s, video)] = twin
+    return copies
+
+
+def library_figures(entries: Entries, store: FeatureStore) -> dict:
+    """What the libraries add: entries, copies of dataset videos (excluded for them), raw ids that equal
+    a dataset id but are other clips (kept: ids are per source)."""
+    library = entries.source > 0
+    dataset_ids = set(store.video_ids)
+    return {
+        "files": len(entries.stores) - 1,
+        "entries": int(library.sum()),
+        "copies_of_dataset_videos": int(sum(bool(o) for o in entries.own_video[library])),
+        "ids_equal_to_dataset_ids_other_clips": int(sum(
+            v in dataset_ids and not o for v, o in zip(entries.video_id[library], entries.own_video[library]))),
+    }  # fmt: skip
 
 
 def _diagnostic_videos(store: FeatureStore, entries: Entries, mode: str, seed: int) -> list[str]:
@@ -175,6 +237,7 @@ def _write_entries(out: Path, entries: Entries, keys: dict[Modality, np.ndarray]
         h5.create_dataset("sources", data=np.asarray([str(s.path.resolve()) for s in entries.stores], dtype=object), dtype=_STR)
         h5.create_dataset("source", data=entries.source)
         h5.create_dataset("video_id", data=entries.video_id, dtype=_STR)
+        h5.create_dataset("own_video", data=entries.own_video, dtype=_STR)
         for m, vectors in keys.items():
             h5.create_dataset(f"keys/{m.value}", data=vectors)
 
@@ -225,6 +288,12 @@ def _print_summary(figures: dict) -> None:
         f"bank: {figures['entries']} entries, keys [bold]{figures['key_mode']}[/] (dim {figures['key_dim']}), "
         f"{figures['neighbours']} neighbours per video for {figures['query_videos']} videos, search {figures['search']}"
     )
+    if "library" in figures:
+        library = figures["library"]
+        console.print(
+            f"  library: {library['entries']} clips from {library['files']} file(s) under their own ids, "
+            f"{library['copies_of_dataset_videos']} of them copies of dataset videos (never retrieved for those videos)"
+        )
     for m in MEDIA:
         part = figures[m.value]
         quality = part["key_quality"]
@@ -271,7 +340,7 @@ def run(config: BankConfig, force: bool = False) -> Path:
         mode = resolve_key_mode(config.keys, store.info, config.features)
         entries = _bank_entries(config, store, libraries)
         if mode == "bind":
-            check_bind_size(len(set(entries.video_id)), config.features)
+            check_bind_size(len(set(entries.clips())), config.features)
         inputs = {"features": config.features, **{f"library_{i}": p for i, p in enumerate(config.library)}}
         stage = artifacts.begin("build-bank", out, config, inputs, force=force)
         if stage.finished:
@@ -281,14 +350,16 @@ def run(config: BankConfig, force: bool = False) -> Path:
         if config.ef == 0:
             config = dataclasses.replace(config, ef=ef_for(len(entries)))
         figures: dict = {"key_mode": mode, "entries": len(entries), "ef": config.ef}
-        if mode == "bind":
+        if libraries:
+            figures["library"] = library_figures(entries, store)
+        if mode == "bind":  # trained on bank videos and library clips
             fetch = entries.fetch()
             tokens = {m.value: fetch(m, "tokens") for m in MEDIA}
-            space, figures["binder"] = fit_bind_space(tokens, list(entries.video_id), config.seed, config.threads, out)
+            space, figures["binder"] = fit_bind_space(tokens, entries.clips(), config.seed, config.threads, out)
         else:
             space = KeySpace(mode)
         diagnostic = _diagnostic_videos(store, entries, mode, config.seed)
-        own_rows = rows_by_video(entries.video_id)
+        own_rows = exclusion_rows(entries.own_video)
         query_ids = list(store.video_ids)
         fetch_of = partial(store_fetch, store)
         keys, lists, index_meta = {}, {}, {}
@@ -384,12 +455,14 @@ class Bank:
             self._sources = [Path(p) for p in h5["sources"].asstr()[()]]
             self._source = h5["source"][()]
             self._entry_ids = list(h5["video_id"].asstr()[()])
+            # banks built before /own_video existed excluded by raw id
+            own_video = list(h5["own_video"].asstr()[()]) if "own_video" in h5 else self._entry_ids
             self._keys = {m: h5[f"keys/{m.value}"][()].astype(np.float32) for m in MEDIA}
         with h5py.File(self.dir / NEIGHBOURS_FILE, "r") as h5:
             self._row = {video: i for i, video in enumerate(h5["video_id"].asstr()[()])}
             self._lists = {m: {name: h5[f"{m.value}/{name}"][()] for name in ("index", "sim", "negatives")} for m in MEDIA}
         self.features_path = Path(meta["inputs"]["features"]["path"])
-        self._own_rows = rows_by_video(self._entry_ids)
+        self._own_rows = exclusion_rows(own_video)
         self._values: dict[Modality, np.ndarray] = {}
         self._searchers: dict[Modality, list[Searcher]] = {}
         self._space: KeySpace | None = None
@@ -420,8 +493,13 @@ class Bank:
         return self._lists[Modality(m)]["negatives"][self._rows(video_ids)]
 
     def entry_video_ids(self) -> list[str]:
-        """The video id of each entry, in entry order (one entry list serves both target modalities)."""
+        """The video id of each entry within its source file, in entry order (one entry list serves both
+        target modalities); a library clip's id may equal a dataset id: pair it with :meth:`entry_sources`."""
         return list(self._entry_ids)
+
+    def entry_sources(self) -> np.ndarray:
+        """int32 [E]: the source of each entry, 0 for the features file, k for the k-th --library."""
+        return self._source.copy()
 
     def values(self, m: Modality) -> np.ndarray:
         """All value tokens float32 [E, T, D_m], read from the source files once and cached."""

@@ -6,6 +6,12 @@ template, splits by QA pair (as MUSIC-AVQA) or by video, renders every clip (``p
 ``sound.py``) to H.264 + AAC with a pool of processes, and writes the annotation files,
 ``scenes.jsonl`` (the latent facts behind every answer) and a README. Every random choice comes from ``numpy`` generators seeded by (seed, video index,
 purpose), so the same arguments give the same bytes whatever the worker count.
+
+``--library`` writes clips only (``videos/``, ``scenes.jsonl``, README; no questions, no annotation
+files) for `r2scp extract --library` and `build-bank --library`. The scenes come from the same
+sampler and renderer as a dataset's, under ids ``lib<seed>-000001``... that no dataset id (8 digits)
+can equal, from random streams keyed apart from every dataset's (``LIBRARY_STREAM``): a library of
+any seed never holds a clip of a dataset of any seed.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ YES_NO_MAX_SHARE = 0.55  # the majority answer of a yes/no template is trimmed d
 WORKERS = 2  # render processes (the output does not depend on it)
 POOL_MIN_VIDEOS = 16  # fewer videos render in this process: starting workers would cost more
 SCENES_NAME = "scenes.jsonl"
+LIBRARY_STREAM = 5  # appended to the scene generator's seed of a library clip (a dataset's has none)
 
 
 @dataclass
@@ -77,6 +84,19 @@ def validate(config: SynthConfig) -> None:
 def video_id(index: int) -> str:
     """MUSIC-AVQA style 8-digit video ids, from 00000001."""
     return f"{index + 1:08d}"
+
+
+def library_video_id(seed: int, index: int) -> str:
+    """Library ids ``lib<seed>-000001``...: never an 8-digit dataset id, and distinct across library seeds."""
+    return f"lib{seed}-{index + 1:06d}"
+
+
+def library_scenes(config: SynthConfig) -> list[Scene]:
+    """The scenes of a library: the dataset's sampler, on streams no dataset uses."""
+    validate(config)
+    return [sample_scene(library_video_id(config.seed, i), config.seconds,
+                         np.random.default_rng([config.seed, i, 0, LIBRARY_STREAM]))
+            for i in range(config.videos)]  # fmt: skip
 
 
 def balance_yes_no(questions: list, rng: np.random.Generator) -> list:
@@ -274,10 +294,11 @@ def _check_out(out: Path) -> None:
         raise UserError(f"{out}: exists, is not empty and is not a synth dataset; choose a new directory")
 
 
-def _remove_stale(out: Path, dataset: SynthDataset) -> None:
+def _remove_stale(out: Path, scenes: list[Scene]) -> None:
     """In an earlier synth output: clips of ids no longer generated, leftover temporary files and the
-    other format's annotation files, so the directory holds exactly one dataset."""
-    wanted = {f"{s.video_id}.mp4" for s in dataset.scenes}
+    annotation files (of the other format, or of a dataset where a library is written now), so the
+    directory holds exactly one dataset or library."""
+    wanted = {f"{s.video_id}.mp4" for s in scenes}
     for path in sorted((out / "videos").glob("*")) if (out / "videos").is_dir() else []:
         if path.is_file() and (path.name not in wanted or path.name.endswith(".tmp")):
             path.unlink()
@@ -364,8 +385,10 @@ def run(config: SynthConfig, force: bool = False, workers: int | None = None) ->
     if stage.finished:
         console.print(f"{out}: already synthesised with these arguments (use --force to redo)", soft_wrap=True)
         return out
+    if config.library:
+        return _run_library(config, out, stage, workers)
     dataset = generate(config)
-    _remove_stale(out, dataset)
+    _remove_stale(out, dataset.scenes)
     artifacts.write_text(out / SCENES_NAME, scenes_jsonl(dataset.scenes))
     render_videos(config, dataset.scenes, workers)
     records = music_avqa_records(dataset) if config.format == "music-avqa" else avqa_records(dataset)
@@ -379,4 +402,36 @@ def run(config: SynthConfig, force: bool = False, workers: int | None = None) ->
         f"(train {stats['splits']['train']}, val {stats['splits']['val']}, test {stats['splits']['test']})",
         soft_wrap=True,
     )
+    return out
+
+
+def library_readme(config: SynthConfig) -> str:
+    """OUT/README.md of a library (no timestamps: reruns are identical)."""
+    return f"""# Built-in clip library
+
+Generated offline by `r2scp synth OUT --library --videos {config.videos} --seed {config.seed} \
+--seconds {config.seconds:g} --fps {config.fps} --size {config.size}`: clips only, no questions, for
+`r2scp extract OUT --library --out LIB.h5` and `r2scp build-bank FEATURES --library LIB.h5`.
+
+- `videos/<video_id>.mp4`: {config.videos} clips of {config.seconds:g} s, {config.size}x{config.size} pixels at
+  {config.fps} fps (H.264) with a 16 kHz mono AAC track, drawn and rendered like the built-in dataset's;
+- `scenes.jsonl`: the latent scene of every clip.
+
+Video ids `lib{config.seed}-000001`... live in their own namespace: no dataset id (8 digits) equals
+one, and a library's scenes come from random streams no dataset uses, so a library of any seed never
+repeats a dataset clip.
+"""
+
+
+def _run_library(config: SynthConfig, out: Path, stage, workers: int | None) -> Path:
+    """Clips, scenes and README of a library; no annotation files."""
+    scenes = library_scenes(config)
+    _remove_stale(out, scenes)
+    artifacts.write_text(out / SCENES_NAME, scenes_jsonl(scenes))
+    render_videos(config, scenes, workers)
+    artifacts.write_text(out / "README.md", library_readme(config))
+    stats = {"videos": len(scenes), "library": True, "first_id": scenes[0].video_id, "last_id": scenes[-1].video_id}
+    stage.finish(figures=stats)
+    console.print(f"{out}: a library of {len(scenes)} clips ({stats['first_id']} .. {stats['last_id']}), no questions",
+                  soft_wrap=True)  # fmt: skip
     return out

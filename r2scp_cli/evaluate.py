@@ -23,7 +23,7 @@ from .errors import UserError
 from .features import FeatureStore
 from .model import EXPERTS, MEDIA
 from .protocols import Masks, Protocol, eval_masks
-from .report import compute_metrics, print_metrics
+from .metrics import compute_metrics, print_metrics
 from .retrieval.bank import Bank, key_verdict
 
 RUN_STAGES = {"train-router": "router", "train-experts": "experts"}

@@ -13,6 +13,7 @@ from r2scp_cli.cli import app
 from r2scp_cli.config import ReportConfig
 from r2scp_cli.console import console
 from r2scp_cli.errors import UserError
+from r2scp_cli.metrics import AVQA_TYPES, compute_metrics, load_predictions, print_metrics
 
 runner = CliRunner()
 
@@ -37,7 +38,7 @@ HAND_MADE = (
 
 
 def test_music_avqa_metrics_match_hand_counts():
-    metrics = report.compute_metrics(HAND_MADE, "music-avqa")
+    metrics = compute_metrics(HAND_MADE, "music-avqa")
     assert metrics["format"] == "music-avqa"
     assert metrics["overall"] == {"accuracy": 50.0, "correct": 5, "count": 10}
     assert metrics["types"]["Audio/Counting"]["accuracy"] == pytest.approx(200 / 3)
@@ -66,43 +67,43 @@ def test_avqa_metrics_use_the_subtype_and_keep_all_eight_types():
         + [prediction(4 + i, "Sound", "Come From", i == 0) for i in range(2)]
         + [prediction(6, "View", "Where", False)]
     )
-    metrics = report.compute_metrics(records, "avqa")
+    metrics = compute_metrics(records, "avqa")
     assert metrics["overall"] == {"accuracy": 400 / 7, "correct": 4, "count": 7}
     assert metrics["types"]["Which"] == {"accuracy": 75.0, "correct": 3, "count": 4}
     assert metrics["types"]["Come From"] == {"accuracy": 50.0, "correct": 1, "count": 2}
     assert metrics["types"]["Where"] == {"accuracy": 0.0, "correct": 0, "count": 1}
-    assert list(metrics["types"]) == list(report.AVQA_TYPES)
+    assert list(metrics["types"]) == list(AVQA_TYPES)
     assert metrics["types"]["Used For"] == {"accuracy": None, "correct": 0, "count": 0}
     assert metrics["families"] == {}
 
 
 def test_unknown_type_or_format_is_an_error():
     with pytest.raises(UserError, match="question 99: unknown music-avqa question type 'Audio/Location'"):
-        report.compute_metrics([prediction(99, "Audio", "Location", True)], "music-avqa")
+        compute_metrics([prediction(99, "Audio", "Location", True)], "music-avqa")
     with pytest.raises(UserError, match="unknown dataset format 'vqa'"):
-        report.compute_metrics(HAND_MADE, "vqa")
+        compute_metrics(HAND_MADE, "vqa")
 
 
 def test_load_predictions_round_trip_and_bad_lines(tmp_path):
     path = tmp_path / "predictions.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in HAND_MADE))
-    loaded = report.load_predictions(path)
+    loaded = load_predictions(path)
     assert loaded == HAND_MADE
-    assert report.compute_metrics(loaded, "music-avqa")["overall"]["correct"] == 5
+    assert compute_metrics(loaded, "music-avqa")["overall"]["correct"] == 5
 
     path.write_text(json.dumps(HAND_MADE[0]) + "\n{not json\n")
     with pytest.raises(UserError, match=r"predictions.jsonl:2: not valid JSON"):
-        report.load_predictions(path)
+        load_predictions(path)
     path.write_text(json.dumps({"qid": "1", "type": "Audio"}) + "\n")
     with pytest.raises(UserError, match=r"predictions.jsonl:1: prediction lacks video_id, subtype"):
-        report.load_predictions(path)
+        load_predictions(path)
     with pytest.raises(UserError, match="nowhere.jsonl: not found"):
-        report.load_predictions(tmp_path / "nowhere.jsonl")
+        load_predictions(tmp_path / "nowhere.jsonl")
 
 
 def test_print_metrics_shows_types_families_overall_and_counts():
     with console.capture() as captured:
-        report.print_metrics(report.compute_metrics(HAND_MADE, "music-avqa"), "test split")
+        print_metrics(compute_metrics(HAND_MADE, "music-avqa"), "test split")
     lines = captured.get().splitlines()
 
     rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.split("│")[1:4]] for line in lines) if cells}
@@ -133,7 +134,7 @@ def fake_eval(directory, recovery, missing, seed, correct, *, total=8, finished=
         "missing": missing, "split": "test", "kind": "router", **fields,
         "config": config, "fingerprints": {},
     }  # fmt: skip
-    data["metrics"] = report.compute_metrics(records, data["format"])
+    data["metrics"] = compute_metrics(records, data["format"])
     directory.mkdir(parents=True)
     artifacts.write_json(directory / "metrics.json", data)
     if finished:

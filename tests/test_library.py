@@ -24,6 +24,7 @@ from r2scp_cli.features import FeatureStore
 from r2scp_cli.media import decode_clip
 from r2scp_cli.retrieval import bank as bank_stage
 from r2scp_cli.retrieval.bank import Bank
+from r2scp_cli.retrieval.entries import bank_entries
 from r2scp_cli.synth import dataset as synth
 
 MEDIA = Modality.media()
@@ -266,7 +267,7 @@ def test_bind_keys_train_on_library_and_bank_with_copies_in_their_videos_folds(p
     copy = as_library(planted, tmp_path / "copy.h5")
     config = BankConfig(planted, tmp_path / "bank", library=(colliding, copy), keys="bind")
     with FeatureStore(planted) as store, FeatureStore(colliding) as other, FeatureStore(copy) as twin:
-        entries = bank_stage._bank_entries(config, store, [other, twin])
+        entries = bank_entries(config, store, [other, twin])
         bank_videos = len(store.videos_of(["train"]))
     clips = entries.clips()
     assert clips[:bank_videos] == list(entries.video_id[:bank_videos])

@@ -87,29 +87,69 @@ def model_config_for(store: FeatureStore, cfg: TrainExpertsConfig, train_videos:
     return model_config
 
 
+STATISTICS_CHUNK = 256  # videos per read when the tokens do not fit in memory (VideoTokens streams)
+KMEANS_TOKENS = 100_000  # cap alone: tokens k-means clusters at most (a random subset above it)
+
+
+def video_chunks(videos: VideoTokens, video_ids: list[str], m: str):
+    """The tokens [v, T, D] of ``video_ids`` in one piece when VideoTokens holds them in memory, else in
+    chunks of STATISTICS_CHUNK videos read from the file (the whole split never sits in memory)."""
+    size = len(video_ids) if videos.cache is not None else STATISTICS_CHUNK
+    for start in range(0, len(video_ids), max(size, 1)):
+        yield torch.from_numpy(videos.get(video_ids[start : start + size], m))
+
+
+def _moments(chunks) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and sample std (ddof 1) over the rows of [N, D] chunks; one chunk is computed
+    exactly as torch does, several are accumulated in float64."""
+    chunks = iter(chunks)
+    first = next(chunks)
+    rest = list(chunks)
+    if not rest:
+        return first.mean(0), first.std(0)
+    total, squares, count = first.double().sum(0), first.double().pow(2).sum(0), len(first)
+    for chunk in rest:
+        total, squares, count = total + chunk.double().sum(0), squares + chunk.double().pow(2).sum(0), count + len(chunk)
+    mean = total / count
+    variance = ((squares - count * mean.pow(2)) / max(count - 1, 1)).clamp_min(0)
+    return mean.float(), variance.sqrt().float()
+
+
 def fit_input_statistics(model: R2ScP, data: RunData) -> None:
     """Per-feature mean and std of the training split's inputs, for every input projection."""
     train_split = data.splits["train"]
     train_videos = sorted(set(train_split.video_ids))
-    samples = {m: torch.from_numpy(data.videos.get(train_videos, m)).flatten(0, 1) for m in MEDIA}
-    samples["text"] = train_split.q_tokens[train_split.q_mask]
-    samples["text_global"] = train_split.q_global
-    statistics = {name: (x.mean(0), x.std(0).clamp_min(1e-3)) for name, x in samples.items()}
+    statistics = {m: _moments(c.flatten(0, 1) for c in video_chunks(data.videos, train_videos, m)) for m in MEDIA}
+    statistics["text"] = _moments([train_split.q_tokens[train_split.q_mask]])
+    statistics["text_global"] = _moments([train_split.q_global])
     for projection, source in model.input_projections():
         projection.mean.copy_(statistics[source][0])
-        projection.std.copy_(statistics[source][1])
+        projection.std.copy_(statistics[source][1].clamp_min(1e-3))
 
 
 def fit_cap_priors(model: R2ScP, data: RunData, seed: int) -> None:
     """`cap` without retrieval: the modality's mean tokens, and k-means prototypes of the training
-    tokens (clustered in the standardised space, stored as raw tokens)."""
+    tokens (clustered in the standardised space, stored as raw tokens; at most KMEANS_TOKENS of them,
+    a random subset, when there are more)."""
     train_videos = sorted(set(data.splits["train"].video_ids))
     generator = torch.Generator().manual_seed(seed)
     for m in MEDIA:
-        tokens = torch.from_numpy(data.videos.get(train_videos, m))  # [V, T, D]
         projection = model.projection[m]
-        getattr(model, f"mean_{m}").copy_(tokens.mean(0))
-        points = projection.standardise(tokens.flatten(0, 1))
+        chunks = list(video_chunks(data.videos, train_videos, m)) if data.videos.cache is not None else None
+        if chunks is not None:  # in memory: every token
+            tokens = chunks[0]  # [V, T, D]
+            mean = tokens.mean(0)
+            points = projection.standardise(tokens.flatten(0, 1))
+        else:  # streamed: the mean in chunks, a random subset of tokens for k-means
+            total, count, kept = 0.0, 0, []
+            share = min(1.0, KMEANS_TOKENS / max(len(train_videos) * model.cfg.segments, 1))
+            for chunk in video_chunks(data.videos, train_videos, m):
+                total, count = total + chunk.double().sum(0), count + len(chunk)
+                flat = chunk.flatten(0, 1)
+                kept.append(flat[torch.rand(len(flat), generator=generator) < share])
+            mean = (total / count).float()
+            points = projection.standardise(torch.cat(kept))
+        getattr(model, f"mean_{m}").copy_(mean)
         centres = points[torch.randperm(len(points), generator=generator)[: model.cfg.prototypes]].clone()
         for _ in range(20):  # Lloyd iterations
             assign = torch.cdist(points, centres).argmin(1)

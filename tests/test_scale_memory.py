@@ -140,3 +140,23 @@ def test_training_over_budget_reads_at_most_a_chunk_outside_batches(world, monke
 
 def test_the_default_budget_is_what_the_stages_use():
     assert inspect.signature(VideoTokens).parameters["budget"].default == batches.MEMORY_BUDGET
+
+
+def test_a_bank_over_its_values_budget_reads_entries_per_batch_with_the_same_values(world, monkeypatch):
+    """Bank values above VALUES_BUDGET are read per gather from the source files (never all at once)
+    and equal the in-memory values, for index arrays of any shape."""
+    from r2scp_cli.retrieval import bank as bank_module
+    from r2scp_cli.retrieval.bank import Bank
+
+    _, _, bank_dir = world
+    idx = np.array([[3, 0, 3], [7, 1, 2]])
+    cached = Bank.open(bank_dir)
+    expected = {m: cached.gather(m, idx) for m in ("audio", "visual")}
+    monkeypatch.setattr(bank_module, "VALUES_BUDGET", 0)
+    monkeypatch.setattr(Bank, "values", lambda self, m: pytest.fail("all values were loaded"))
+    streamed = Bank.open(bank_dir)
+    for m, values in expected.items():
+        got = streamed.gather(m, idx)
+        assert got.shape == values.shape == (2, 3, 4, streamed.info.dims[m])
+        np.testing.assert_array_equal(got, values)
+    assert len(streamed._stores) == 1  # the features file, opened once

@@ -61,6 +61,7 @@ KEY_DTYPES = ("float32", "float16")
 NEIGHBOURS_FILE = "neighbours.h5"
 MEDIA = Modality.media()
 DIAGNOSTIC_MAX = 2000  # videos in the key-quality report (N x N similarity matrices)
+VALUES_BUDGET = 2 << 30  # a modality's value tokens are held in memory below this size, read per batch above it
 _STR = h5py.string_dtype(encoding="utf-8")
 
 
@@ -331,6 +332,7 @@ class Bank:
         self.features_path = Path(meta["inputs"]["features"]["path"])
         self._own_rows = exclusion_rows(own_video)
         self._values: dict[Modality, np.ndarray] = {}
+        self._stores: dict[int, FeatureStore] = {}  # sources opened for per-batch reads of large banks
         self._searchers: dict[Modality, list[Searcher]] = {}
         self._space: KeySpace | None = None
 
@@ -379,8 +381,21 @@ class Bank:
         return self._values[m]
 
     def gather(self, m: Modality, idx: np.ndarray) -> np.ndarray:
-        """Value tokens of entries: float32 [..., T, D_m] for an index array of any shape."""
-        return self.values(m)[np.asarray(idx)]
+        """Value tokens of entries: float32 [..., T, D_m] for an index array of any shape. A bank whose
+        values fit VALUES_BUDGET holds them in memory; a larger one (a big library) reads the requested
+        entries from their source files, each distinct entry once (entries are references)."""
+        m, idx = Modality(m), np.asarray(idx)
+        T, D = self.info.segments, self.info.dims[m.value]
+        if m in self._values or len(self._source) * T * D * 4 <= VALUES_BUDGET:
+            return self.values(m)[idx]
+        unique, inverse = np.unique(idx, return_inverse=True)
+        out = np.empty((len(unique), T, D), np.float32)
+        for s in np.unique(self._source[unique]):
+            at = np.flatnonzero(self._source[unique] == s)
+            if s not in self._stores:
+                self._stores[s] = FeatureStore(self._sources[s])
+            out[at] = self._stores[s].stack_tokens([self._entry_ids[r] for r in unique[at]], m)
+        return out[inverse.reshape(idx.shape)]
 
     def search(self, store: FeatureStore, video_ids: Sequence[str], m: Modality, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Retrieve for videos of another features file of the same encoder, as build-bank did.

@@ -76,10 +76,14 @@ def _summary(values: list[float]) -> dict:
     }
 
 
+def base_title(group: dict) -> str:
+    """What a report table or curve shows: format, encoder, kind, split and (eval --features) the file."""
+    title = f"{group['format']} · encoder {group['encoder']} · {group['kind']} · {group['split']} split"
+    return title + (f" · features {group['features']}" if group["features"] else "")
+
+
 def curve_title(curve: dict) -> str:
-    title = f"{curve['format']} · encoder {curve['encoder']} · {curve['kind']} · {curve['split']} split"
-    title += f" · features {curve['features']}" if curve["features"] else ""
-    return f"{title} · missing {curve['missing']} against the rate"
+    return f"{base_title(curve)} · missing {curve['missing']} against the rate"
 
 
 def markdown(curves: list[dict]) -> list[str]:

@@ -187,15 +187,16 @@ def noise_identification(model, store: FeatureStore, split, videos: VideoTokens,
         return {"skipped": f"recovery {model.cfg.recovery} has no CAP"}
     model.eval()
     out = {}
+    video_ids = sorted(set(split.video_ids))
+    index = {v: i for i, v in enumerate(video_ids)}
+    rows = np.flatnonzero(masks.missing == 0)  # complete rows: both modalities present
     for m in MEDIA:
-        truth_by_video = store.degraded_segments(sorted(set(split.video_ids)), m)
+        truth_by_video = store.degraded_segments(video_ids, m)
         if truth_by_video is None:
             continue
-        rows = np.flatnonzero(masks.missing == 0)  # complete rows: both modalities present
         if len(rows) == 0:
             out[m] = {"skipped": "no question keeps both modalities under this protocol"}
             continue
-        index = {v: i for i, v in enumerate(sorted(set(split.video_ids)))}
         other = [x for x in MEDIA if x != m][0]
         chosen_true = chosen = truth_total = 0
         for start in range(0, len(rows), batch_size):

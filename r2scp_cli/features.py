@@ -49,7 +49,7 @@ from .errors import UserError
 SCHEMA_VERSION = 1
 _STR = h5py.string_dtype(encoding="utf-8")
 QUESTION_STRINGS = ("qid", "video_id", "split", "type", "subtype", "answer", "text")
-_VIDEO_ARRAYS = ("audio", "visual", "audio_global", "visual_global")
+VIDEO_ARRAYS = ("audio", "visual", "audio_global", "visual_global")  # per video, besides masks
 
 
 @dataclass(frozen=True)
@@ -286,7 +286,7 @@ class FeatureWriter:
         """Delete video groups that an interruption left without all four arrays."""
         videos = self._h5["videos"]
         for video_id in list(videos.keys()):
-            if not set(_VIDEO_ARRAYS) <= set(videos[video_id].keys()):
+            if not set(VIDEO_ARRAYS) <= set(videos[video_id].keys()):
                 del videos[video_id]
 
     def retry_failures(self) -> dict[str, str]:

@@ -217,9 +217,7 @@ def cell_text(summary: dict | None) -> str:
 
 
 def table_title(table: dict) -> str:
-    title = f"{table['format']} · encoder {table['encoder']} · {table['kind']} · {table['split']} split"
-    title += f" · features {table['features']}" if table["features"] else ""
-    return title + (f" · {table['protocol']}" if table.get("protocol") else "")
+    return curves.base_title(table) + (f" · {table['protocol']}" if table.get("protocol") else "")
 
 
 def _count_text(table: dict) -> str:

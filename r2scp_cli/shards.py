@@ -33,11 +33,10 @@ import numpy as np
 from . import artifacts
 from .console import console, progress_bar
 from .errors import UserError
-from .features import QUESTION_STRINGS, SCHEMA_VERSION, EncoderInfo, FeatureWriter
+from .features import QUESTION_STRINGS, SCHEMA_VERSION, VIDEO_ARRAYS, EncoderInfo, FeatureWriter
 
 SHARD_ATTRS = ("shard_index", "shard_count", "shard_source")  # a part's bookkeeping, absent from the merge
 _ROWS_PER_COPY = 4096  # question rows copied per read
-_VIDEO_ARRAYS = ("audio", "visual", "audio_global", "visual_global")
 
 
 @dataclass(frozen=True)
@@ -302,7 +301,7 @@ def _copy_videos(writer: FeatureWriter, parts: list[_Part]) -> None:
             with h5py.File(part.path, "r") as h5:
                 for video_id in part.videos:
                     group = h5["videos"][video_id]
-                    arrays = {name: group[name][()] for name in _VIDEO_ARRAYS}
+                    arrays = {name: group[name][()] for name in VIDEO_ARRAYS}
                     degraded = {n[len("degraded_"):]: group[n][()] for n in group if n.startswith("degraded_")}
                     writer.add_video(video_id, arrays, degraded or None)  # extract --degrade: its segment masks
                     bar.advance(task)

@@ -135,9 +135,8 @@ def fit_cap_priors(model: R2ScP, data: RunData, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     for m in MEDIA:
         projection = model.projection[m]
-        chunks = list(video_chunks(data.videos, train_videos, m)) if data.videos.cache is not None else None
-        if chunks is not None:  # in memory: every token
-            tokens = chunks[0]  # [V, T, D]
+        if data.videos.cache is not None:  # in memory: every token
+            tokens = torch.from_numpy(data.videos.get(train_videos, m))  # [V, T, D]
             mean = tokens.mean(0)
             points = projection.standardise(tokens.flatten(0, 1))
         else:  # streamed: the mean in chunks, a random subset of tokens for k-means

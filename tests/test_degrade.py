@@ -7,7 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from test_extract import assert_same_content, config, music_avqa_dataset
+from test_extract import assert_same_content, config, crash_decoder_after, music_avqa_dataset
 from typer.testing import CliRunner
 
 from r2scp_cli import degrade, extract
@@ -287,15 +287,7 @@ def test_worker_processes_and_resume_give_the_same_degraded_file(clean_and_degra
     pooled = extract.run(config(dataset, tmp_path / "pooled.h5", degrade=DEGRADE, degrade_seed=2), workers=2)
     assert_same_content(pooled, degraded_path)
     out = tmp_path / "resumed.h5"
-    real_decode, calls = extract.decode_clip, []
-
-    def crash_after_three(*args, **kwargs):
-        calls.append(args[0])
-        if len(calls) > 3:
-            raise RuntimeError("power cut")
-        return real_decode(*args, **kwargs)
-
-    monkeypatch.setattr(extract, "decode_clip", crash_after_three)
+    _, real_decode = crash_decoder_after(monkeypatch, 3)
     with pytest.raises(RuntimeError, match="power cut"):
         extract.run(config(dataset, out, degrade=DEGRADE, degrade_seed=2), workers=0)
     monkeypatch.setattr(extract, "decode_clip", real_decode)

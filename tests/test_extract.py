@@ -233,19 +233,25 @@ def test_all_videos_failing_is_an_error_even_when_allowed(tmp_path):
 # --------------------------------------------------------------------------- resume
 
 
+def crash_decoder_after(monkeypatch, clips: int, message: str = "power cut") -> tuple[list, object]:
+    """Make extraction's decoder raise ``message`` once ``clips`` clips were decoded (a killed run);
+    returns the list of decoded paths and the real decoder, to put back."""
+    real_decode, calls = extract.decode_clip, []
+
+    def crash(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) > clips:
+            raise RuntimeError(message)
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(extract, "decode_clip", crash)
+    return calls, real_decode
+
+
 def test_interrupted_extraction_resumes_to_the_same_content(tmp_path, monkeypatch):
     dataset = music_avqa_dataset(tmp_path / "data", videos=5)
     out = tmp_path / "f.h5"
-    real_decode = extract.decode_clip
-    calls = []
-
-    def crash_after_three(*args, **kwargs):
-        calls.append(args[0])
-        if len(calls) > 3:
-            raise RuntimeError("power cut")
-        return real_decode(*args, **kwargs)
-
-    monkeypatch.setattr(extract, "decode_clip", crash_after_three)
+    calls, real_decode = crash_decoder_after(monkeypatch, 3)
     with pytest.raises(RuntimeError, match="power cut"):
         extract.run(config(dataset, out))
     assert not out.exists() and not meta_path(out).exists()

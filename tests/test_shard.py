@@ -7,7 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from test_extract import avqa_dataset, break_videos, config, music_avqa_dataset, read_all
+from test_extract import avqa_dataset, break_videos, config, crash_decoder_after, music_avqa_dataset, read_all
 from typer.testing import CliRunner
 
 from r2scp_cli import extract, shards
@@ -198,15 +198,7 @@ def test_a_killed_shard_resumes_and_its_merge_waits_for_it(tmp_path, monkeypatch
     dataset = music_avqa_dataset(tmp_path / "data", videos=6)
     out = tmp_path / "sharded" / "f.h5"
     part0 = extract.run(config(dataset, out), shard=shards.parse("0/2"))
-    real_decode, calls = extract.decode_clip, []
-
-    def crash_after_two(*args, **kwargs):
-        calls.append(Path(args[0]).stem)
-        if len(calls) > 2:
-            raise RuntimeError("node lost")
-        return real_decode(*args, **kwargs)
-
-    monkeypatch.setattr(extract, "decode_clip", crash_after_two)
+    calls, real_decode = crash_decoder_after(monkeypatch, 2, "node lost")
     with pytest.raises(RuntimeError, match="node lost"):
         extract.run(config(dataset, out), shard=shards.parse("1/2"))  # videos 1, 3, 5; batches of 2
     part1 = Shard(1, 2, "").part_path(out)

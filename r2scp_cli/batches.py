@@ -24,12 +24,23 @@ from .retrieval.bank import Bank
 MEMORY_BUDGET = 4 << 30  # video tokens are held in memory below this size, read per batch above it
 
 
+_side_by_side = 1  # jobs this process shares the cores with, itself included (see share_cores)
+
+
+def share_cores(jobs: int) -> None:
+    """Declare that ``jobs`` training or evaluation processes run side by side on this machine (the
+    demo's workers call it), so that :func:`limit_cpu_threads` gives each its share of the cores."""
+    global _side_by_side
+    _side_by_side = max(1, int(jobs))
+
+
 def limit_cpu_threads(device: str, processes: int = 1) -> None:
-    """On CPU, use half the cores, shared by the ``processes`` of a torchrun run. The model is small,
-    so its ops gain little from more threads, and OpenMP threads that wait for a core held by another
-    process made a batch 25x slower here."""
+    """On CPU, split the cores between the ``processes`` of a torchrun run and the jobs declared by
+    :func:`share_cores`. Never more threads than that: OpenMP threads that wait for a core held by
+    another process made a batch 25x slower here. One process alone takes every core (measured on
+    2 cores: an epoch of the demo's cmr+cap 1.3x faster with 2 threads than with 1)."""
     if device == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2 // processes))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // (processes * _side_by_side)))
 
 
 class VideoTokens:
@@ -210,21 +221,21 @@ def to_device(batch: dict, device: str) -> dict:
 
 @torch.no_grad()
 def predict(model: R2ScP, split: Split, setting: str, videos: VideoTokens, retrieve, bank, batch_size: int,
-            device: str, route: bool = True, masks=None):  # fmt: skip
+            device: str, route: bool = True, masks=None, experts: tuple[str, ...] = EXPERTS):  # fmt: skip
     """Log-probabilities of every question with ``setting`` removed from every sample, or with what
-    ``masks`` (a protocols.Masks of the split's rows) removes: {"audio"/"visual"/"text": [N, A]} and,
-    when ``route``, {"routed": [N, A], "alpha": [N, 3]}."""
+    ``masks`` (a protocols.Masks of the split's rows) removes: {"audio"/"visual"/"text": [N, A]} (the
+    ``experts`` asked for) and, when ``route``, {"routed": [N, A], "alpha": [N, 3]}."""
     model.eval()
     if masks is None:
         missing, lost = np.full(len(split), MISSING_CODES[setting]), None
     else:
         missing, lost = masks.missing, masks.lost
-    out: dict[str, list] = {k: [] for k in (("routed", "alpha") if route else ()) + EXPERTS + ("confidence", "trust")}
+    out: dict[str, list] = {k: [] for k in (("routed", "alpha") if route else ()) + tuple(experts) + ("confidence", "trust")}
     for start in range(0, len(split), batch_size):
         idx = np.arange(start, min(start + batch_size, len(split)))
         batch = make_batch(split, idx, missing[idx], videos, model.cfg, retrieve, bank, False,
                            None if lost is None else lost[idx])  # fmt: skip
-        result = model(to_device(batch, device), route=route)
+        result = model(to_device(batch, device), route=route, experts=experts)
         # Per row, the retrieved fill's confidence (mean key similarity) and trust; NaN without a fill.
         confidence, trust = torch.full((len(idx),), float("nan")), torch.full((len(idx),), float("nan"))
         if model.cfg.retrieves:
@@ -238,7 +249,7 @@ def predict(model: R2ScP, split: Split, setting: str, videos: VideoTokens, retri
         if route:
             out["routed"].append(torch.log_softmax(result["logits"], -1).cpu())
             out["alpha"].append(result["alpha"].cpu())
-        for m in EXPERTS:
+        for m in experts:
             out[m].append(torch.log_softmax(result["expert_logits"][m], -1).cpu())
     return {k: torch.cat(v) for k, v in out.items()}
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from . import evaluate, extract, report, train
+from .batches import share_cores
 from .config import (
     RECOVERY_METHODS,
     BankConfig,
@@ -96,15 +97,16 @@ def evaluate_protocols(router: Path, run_dir: Path) -> None:
 
 
 def run_jobs(jobs: list[Job], workers: int) -> None:
-    """Run the jobs, ``workers`` at a time in separate processes (each trains single-threaded on a
-    2-core machine, so two at once use both cores); one worker runs them here, with progress bars."""
+    """Run the jobs, ``workers`` at a time in separate processes that split the cores between them
+    (each trains single-threaded on a 2-core machine); one worker runs them here, with progress bars."""
     if workers <= 1:
         for job in jobs:
             console.rule(f"{job.recovery}, seed {job.seed}")
             train_and_evaluate(job)
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool, progress_bar() as bar:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=share_cores, initargs=(workers,))
+    with pool, progress_bar() as bar:
         task = bar.add_task(f"train + eval ({workers} processes)", total=len(jobs))
         futures = {pool.submit(train_and_evaluate, job, True): job for job in jobs}
         for future in as_completed(futures):

@@ -438,21 +438,25 @@ class R2ScP(nn.Module):
         return h_miss, confidence, None
 
     # -- forward
-    def forward(self, batch: dict, route: bool = True) -> dict:
-        """Logits of each expert (stage 1), and of the routed head with the router weights (stage 2)."""
+    def forward(self, batch: dict, route: bool = True, experts: tuple[str, ...] = EXPERTS) -> dict:
+        """Logits of each expert (stage 1), and of the routed head with the router weights (stage 2).
+        ``experts`` limits stage 1 to some experts (and the recovery they read); routing needs all."""
+        if route and tuple(experts) != EXPERTS:
+            raise ValueError("routing reads every expert")
         missing = batch["missing"]
         B = missing.shape[0]
         q_pad = ~batch["q_mask"]
         text_missing = missing == MISSING_CODES["text"]
         text_present = (~text_missing).float()
-        q_global = {m: self.question_projection[m](batch["q_global"]) * text_present[:, None] for m in EXPERTS}
-        q_tokens = self.projection["text"](batch["q_tokens"]) * text_present[:, None, None]
-        tokens = {m: self.projection[m](batch[m]) for m in MEDIA}
+        q_global = {m: self.question_projection[m](batch["q_global"]) * text_present[:, None] for m in experts}
+        tokens = {m: self.projection[m](batch[m]) for m in MEDIA if m in experts}
         flags = torch.zeros(B, 3, device=missing.device)
         flags[:, 2] = text_missing.float()
         confidence = {m: torch.zeros(B, 2, device=missing.device) for m in MEDIA}
         out: dict = {"recovery": {}}
         for m, rec in batch.get("recover", {}).items():
+            if m not in experts:
+                continue
             rows = rec["rows"]
             # A sample misses at most one media modality, so the other one is real for these rows.
             context = self.recovery_context(m, batch, rows, text_present)
@@ -465,13 +469,12 @@ class R2ScP(nn.Module):
             flags[rows, MEDIA.index(m)] = 1.0
             out["recovery"][m] = {"h": h_rec, "confidence": conf, "generated": generated, "context": context,
                                   "values": values}  # fmt: skip
-        h = {
-            m: self.experts[m](tokens[m], q_global[m], flags[:, i], confidence[m])
-            for i, m in enumerate(MEDIA)
-        }
-        h["text"] = self.experts["text"](q_tokens, q_global["text"], flags[:, 2], q_tokens.new_zeros(B, 2), pad=q_pad)
+        h = {m: self.experts[m](tokens[m], q_global[m], flags[:, i], confidence[m]) for i, m in enumerate(MEDIA) if m in experts}
+        if "text" in experts:
+            q_tokens = self.projection["text"](batch["q_tokens"]) * text_present[:, None, None]
+            h["text"] = self.experts["text"](q_tokens, q_global["text"], flags[:, 2], q_tokens.new_zeros(B, 2), pad=q_pad)
         options = batch.get("options")
-        out["expert_logits"] = {m: self.experts[m].head(h[m], options) for m in EXPERTS}
+        out["expert_logits"] = {m: self.experts[m].head(h[m], options) for m in experts}
         out["flags"] = flags
         if route:
             z, alpha = self.router(h, flags, torch.cat([confidence["audio"], confidence["visual"]], dim=-1))

@@ -318,3 +318,47 @@ def test_router_holdout_keeps_stage_two_questions_out_of_stage_one(world, tmp_pa
     with pytest.raises(UserError, match="--router-holdout 1.0"):
         train.run_experts(TrainExpertsConfig(features, bank, tmp_path / "bad", router_holdout=1.0, **SMALL))
     assert not (tmp_path / "bad").exists()
+
+
+def test_stage_one_validation_reuses_the_complete_pass_with_the_same_scores(world, trained):
+    """Removing a modality changes only its own expert's output in stage 1, so validation runs the other
+    experts once: its scores equal, to the last bit, those of three full passes."""
+    from r2scp_cli.batches import predict
+    from r2scp_cli.model import EXPERTS
+
+    _, features, bank = world
+    model, _ = load_model(trained[0] / "model.pt")
+    data = train.open_data(features, bank)
+    val, full = data.splits["val"], {}
+    for setting in train.SETTINGS:
+        p = predict(model, val, setting, data.videos, data.bank.neighbours, data.bank, 16, "cpu", route=False)
+        full[setting] = 100.0 * (sum(p[m] for m in EXPERTS).argmax(-1) == val.answers).sum().item() / len(val)
+        if setting != "none":  # the experts that did not lose anything give what they gave with complete inputs
+            complete = predict(model, val, "none", data.videos, data.bank.neighbours, data.bank, 16, "cpu", route=False)
+            for m in EXPERTS:
+                assert torch.equal(p[m], complete[m]) == (m != setting)
+    scores = train.validate(model, data, 1, 16, "cpu")
+    assert {s: scores[s] for s in train.SETTINGS} == full
+    with pytest.raises(ValueError, match="routing reads every expert"):
+        model({"missing": torch.zeros(1, dtype=torch.long)}, route=True, experts=("audio",))
+
+
+def test_cpu_threads_split_the_cores_between_processes_and_declared_jobs(monkeypatch):
+    from r2scp_cli import batches
+
+    monkeypatch.setattr(batches.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(batches, "_side_by_side", 1)
+    before = torch.get_num_threads()
+    try:
+        batches.limit_cpu_threads("cpu")
+        assert torch.get_num_threads() == 8  # alone: every core
+        batches.limit_cpu_threads("cpu", processes=2)
+        assert torch.get_num_threads() == 4  # a torchrun run of 2
+        batches.share_cores(2)
+        batches.limit_cpu_threads("cpu", processes=2)
+        assert torch.get_num_threads() == 2  # and another job beside it
+        batches.share_cores(16)
+        batches.limit_cpu_threads("cpu")
+        assert torch.get_num_threads() == 1  # never below one
+    finally:
+        torch.set_num_threads(before)

@@ -393,6 +393,7 @@ def fit(model: R2ScP, params: list, data: RunData, loop: LoopConfig, out_dir: Pa
         "best_epoch": state["best_epoch"],
         "val": state["best_scores"],
         "train_samples_per_s": round(seen / elapsed, 1) if elapsed > 0 else None,
+        "cpu_threads": torch.get_num_threads(),  # float sums follow the thread count: a rerun matches with the same
     }
 
 

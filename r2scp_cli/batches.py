@@ -40,7 +40,14 @@ def limit_cpu_threads(device: str, processes: int = 1) -> None:
     another process made a batch 25x slower here. One process alone takes every core (measured on
     2 cores: an epoch of the demo's cmr+cap 1.3x faster with 2 threads than with 1)."""
     if device == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // (processes * _side_by_side)))
+        torch.set_num_threads(max(1, usable_cores() // (processes * _side_by_side)))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (taskset, a SLURM or container cpuset), not the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 class VideoTokens:

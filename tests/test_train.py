@@ -2,7 +2,6 @@
 (leak-free recovery, frozen stage 1, poisoned missing features, resumable and reproducible runs)."""
 
 import json
-import os
 from pathlib import Path
 
 import h5py
@@ -12,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from r2scp_cli import evaluate, train
-from r2scp_cli.batches import load_model
+from r2scp_cli.batches import load_model, usable_cores
 from r2scp_cli.cli import app
 from r2scp_cli.config import BankConfig, EvalConfig, TrainExpertsConfig, TrainRouterConfig
 from r2scp_cli.errors import UserError
@@ -73,7 +72,7 @@ def test_stage_one_writes_a_rebuildable_model_and_a_log(trained):
     meta = train.artifacts.read_json(experts / "meta.json")
     assert meta["figures"]["epochs"] == 2
     assert set(meta["figures"]["val"]) == {"none", "audio", "visual", "selection"}
-    assert meta["figures"]["cpu_threads"] == max(1, os.cpu_count() or 1)  # a process alone takes every core
+    assert meta["figures"]["cpu_threads"] == usable_cores()  # a process alone takes every core
 
 
 def test_stage_two_leaves_every_stage_one_parameter_bit_identical(trained):
@@ -348,7 +347,7 @@ def test_stage_one_validation_reuses_the_complete_pass_with_the_same_scores(worl
 def test_cpu_threads_split_the_cores_between_processes_and_declared_jobs(monkeypatch):
     from r2scp_cli import batches
 
-    monkeypatch.setattr(batches.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(batches, "usable_cores", lambda: 8)
     monkeypatch.setattr(batches, "_side_by_side", 1)
     before = torch.get_num_threads()
     try:

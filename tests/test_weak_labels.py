@@ -17,7 +17,7 @@ from r2scp_cli.config import BankConfig
 from r2scp_cli.errors import UserError
 from r2scp_cli.features import FeatureStore
 from r2scp_cli.retrieval.bank import ENTRIES_FILE, run
-from r2scp_cli.retrieval.weak_labels import question_facts, weak_labels
+from r2scp_cli.retrieval.weak_labels import NOT_BOTH, _closed_world, question_facts, weak_labels
 
 runner = CliRunner()
 
@@ -51,6 +51,20 @@ def test_templates_become_labels():
     assert question_facts("Is the instrument on the left louder than the instrument on the right", "yes") == {}
     assert question_facts("Where is the performance", "indoor") == {"setting=indoor": 1.0}
     assert question_facts("Why is the sky blue", "yes") == {}
+
+
+def test_closed_world_fills_in_absent_classes():
+    classes = {"cello", "flute", "piano", "violin"}
+    facts = {"heard:cello": 1.0, "heard:flute": 1.0, "heard_count=two": 1.0, "seen:piano": 0.0, "offscreen": 0.0,
+             f"{NOT_BOTH}seen:cello|violin": 0.0, "seen:cello": 1.0}  # fmt: skip
+    out = _closed_world(facts, classes)
+    assert out["heard:piano"] == out["heard:violin"] == 0.0  # two heard, both known: the rest are silent
+    assert out["seen:violin"] == 0.0  # not both cello and violin, and cello is seen
+    assert not any(name.startswith(NOT_BOTH) for name in out)
+    # a count the known classes do not reach says nothing about the others
+    assert "heard:piano" not in _closed_world({"heard:cello": 1.0, "heard_count=two": 1.0}, classes)
+    # no off-screen sound: an unseen class is not heard
+    assert _closed_world({"offscreen": 0.0, "seen:piano": 0.0}, classes)["heard:piano"] == 0.0
 
 
 def test_labels_read_train_questions_only(features, tmp_path):

@@ -48,10 +48,11 @@ STOP_SHARE = 0.2  # share of a binder's training videos held out for its early s
 MIN_FOLD_VIDEOS = 10  # `bind` needs at least this many bank videos per fold
 BINDER_CARD = "binder.json"  # the binders' config and training history, in the bank directory
 # `build-bank --weak-labels`: weight of the weak-label loss. Measured on the demo's data (pretrained
-# features, 500-clip library, test videos as queries, 5 seeds): 30 lifts the neighbours' visible-layout
-# match (top-5 0.095 -> 0.106, top-16 0.089 -> 0.101, higher on every seed) and leaves the sounding-set
-# match about equal (top-5 0.247 -> 0.253); without a library, layout top-5 0.071 -> 0.090 (3 seeds).
-# 15 and 50 do about as well, 100 lowers both; hard negatives and label-compatible positives did not help.
+# features, 500-clip library, 375 test videos as queries, 5 seeds, every seed better): the neighbours'
+# sounding-set match top-5 0.247 -> 0.280, top-16 0.234 -> 0.261; visible-layout match top-5 0.095 ->
+# 0.100, top-16 0.089 -> 0.099; held-out recall@10 0.397/0.410 -> 0.411/0.420. Without a library
+# (3 seeds) top-5 0.170 -> 0.230 and 0.071 -> 0.093. 60 did as well (layout top-5 0.107), 15 a little
+# less; hard negatives and label-compatible soft positives did not help (no option for them).
 WEAK_LABEL_WEIGHT = 30.0
 
 

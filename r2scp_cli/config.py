@@ -9,8 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (taskset, a SLURM or container cpuset), not the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 class Modality(str, enum.Enum):

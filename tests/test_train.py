@@ -11,9 +11,9 @@ import torch
 from typer.testing import CliRunner
 
 from r2scp_cli import evaluate, train
-from r2scp_cli.batches import load_model, usable_cores
+from r2scp_cli.batches import load_model
 from r2scp_cli.cli import app
-from r2scp_cli.config import BankConfig, EvalConfig, TrainExpertsConfig, TrainRouterConfig
+from r2scp_cli.config import BankConfig, EvalConfig, TrainExpertsConfig, TrainRouterConfig, usable_cores
 from r2scp_cli.errors import UserError
 from r2scp_cli.retrieval import bank as bank_stage
 from r2scp_cli.retrieval.bank import Bank

@@ -317,11 +317,14 @@ def demo(
     library_videos: Annotated[Optional[int], typer.Option(
         help="Clips of the bank's library (synthesised with another seed, no questions); 0: no library "
              "(default 500, --quick 0).")] = None,
+    weak_labels: Annotated[bool, typer.Option(
+        "--weak-labels/--no-weak-labels", help="Build the bank with build-bank --weak-labels when its keys are bind "
+                                               "and the format is music-avqa.")] = True,
 ) -> None:
     """Run the whole chain on the built-in dataset and print the paper-style table."""
     from . import demo as stage
 
-    stage.run(DemoConfig(out, quick, seeds, encoder, format, videos, protocols, library_videos))
+    stage.run(DemoConfig(out, quick, seeds, encoder, format, videos, protocols, library_videos, weak_labels))
 
 
 @app.command()

@@ -48,6 +48,11 @@ def test_quick_demo_end_to_end(tmp_path, format, encoder):
         assert any(line.split()[:1] == [method] for line in result.output.splitlines())
     markdown = (out / f"report-{encoder}" / "report.md").read_text()
     assert "| cmr+cap |" in markdown.replace("**", "")
+    # bind keys fitted to the train questions' weak labels with MUSIC-AVQA's wording, plain bind with AVQA's
+    bank_meta = json.loads((out / f"bank-{encoder}" / "meta.json").read_text())
+    assert bank_meta["config"]["weak_labels"] == (format == "music-avqa")
+    coverage = bank_meta["figures"]["binder"].get("weak_labels")
+    assert (coverage is not None and coverage["labelled_videos"] > 0) == (format == "music-avqa")
 
     # A second run reuses every finished stage.
     again = CliRunner().invoke(app, args)
@@ -65,3 +70,15 @@ def test_default_encoder_falls_back_to_handcrafted_with_one_line(monkeypatch):
     monkeypatch.setattr(pretrained, "missing_parts", lambda: [])
     assert demo.resolve_encoder("auto") == "pretrained"
     assert demo.resolve_encoder("handcrafted") == "handcrafted"  # an explicit choice is kept
+
+
+def test_weak_labels_only_where_they_apply(tmp_path, make_features):
+    """The demo asks build-bank for weak labels only with bind keys and MUSIC-AVQA's wording."""
+    from r2scp_cli.config import DemoConfig
+
+    features = make_features(tmp_path / "features.h5", n_videos=12)
+    assert demo.uses_weak_labels(DemoConfig(tmp_path), features)
+    assert not demo.uses_weak_labels(DemoConfig(tmp_path, weak_labels=False), features)
+    assert not demo.uses_weak_labels(DemoConfig(tmp_path, format="avqa"), features)
+    joint = make_features(tmp_path / "joint.h5", n_videos=12, joint_space=True)  # keys auto -> unified
+    assert not demo.uses_weak_labels(DemoConfig(tmp_path), joint)

@@ -197,12 +197,13 @@ def validate(model, data: RunData, stage: int, batch_size: int, device: str) -> 
         if len(split) == 0:  # more processes than val questions
             correct.append(0)
             continue
-        experts = EXPERTS if stage == 2 or complete is None else (setting,)
+        reuse = stage == 1 and complete is not None  # SETTINGS start with the complete pass
         p = predict(model, split, setting, data.videos, data.bank.neighbours, data.bank, batch_size, device,
-                    route=stage == 2, experts=experts)  # fmt: skip
-        if stage == 1:
-            complete = complete or p
-            p = {**complete, **p}
+                    route=stage == 2, experts=(setting,) if reuse else EXPERTS)  # fmt: skip
+        if reuse:
+            p = {**complete, **p}  # the expert of the removed modality from this pass, the others from the complete one
+        elif stage == 1:
+            complete = p
         combined = p["routed"] if stage == 2 else sum(p[m] for m in EXPERTS)
         correct.append((combined.argmax(-1) == split.answers).sum().item())
     scores = {s: 100.0 * c / len(val) for s, c in zip(SETTINGS, distributed.all_reduce_sum(correct))}

@@ -1,6 +1,7 @@
 """Both training stages and evaluation on a small planted features file: the guarantees of DESIGN §6
 (leak-free recovery, frozen stage 1, poisoned missing features, resumable and reproducible runs)."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -330,7 +331,12 @@ def test_stage_one_validation_reuses_the_complete_pass_with_the_same_scores(worl
     _, features, bank = world
     model, _ = load_model(trained[0] / "model.pt")
     data = train.open_data(features, bank)
-    val, full = data.splits["val"], {}
+    val = data.splits["val"]
+    # Answers made to be the missing-audio pass's own predictions: that setting scores 100 %, the others
+    # less, so a merge that took the wrong pass's audio expert would change the scores.
+    audio = predict(model, val, "audio", data.videos, data.bank.neighbours, data.bank, 16, "cpu", route=False)
+    val = data.splits["val"] = dataclasses.replace(val, answers=sum(audio[m] for m in EXPERTS).argmax(-1))
+    full = {}
     for setting in train.SETTINGS:
         p = predict(model, val, setting, data.videos, data.bank.neighbours, data.bank, 16, "cpu", route=False)
         full[setting] = 100.0 * (sum(p[m] for m in EXPERTS).argmax(-1) == val.answers).sum().item() / len(val)
@@ -338,6 +344,7 @@ def test_stage_one_validation_reuses_the_complete_pass_with_the_same_scores(worl
             complete = predict(model, val, "none", data.videos, data.bank.neighbours, data.bank, 16, "cpu", route=False)
             for m in EXPERTS:
                 assert torch.equal(p[m], complete[m]) == (m != setting)
+    assert full["audio"] == 100.0 and full["none"] < 100.0
     scores = train.validate(model, data, 1, 16, "cpu")
     assert {s: scores[s] for s in train.SETTINGS} == full
     with pytest.raises(ValueError, match="routing reads every expert"):

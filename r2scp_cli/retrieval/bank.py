@@ -238,10 +238,9 @@ def run(config: BankConfig, force: bool = False) -> Path:
                 binder_config, arrays = BinderConfig(label_weight=WEAK_LABEL_WEIGHT), (labels.targets, labels.known)
             # Torch threads: every usable core (--threads is the HNSW build's; the binders came out
             # bit-identical with 1 and 2 threads here, 1.4x faster with 2).
-            space, figures["binder"] = fit_bind_space(
-                tokens, entries.clips(), config.seed, usable_cores(), out, binder_config, arrays
-            )
-            figures["binder"]["threads"] = usable_cores()
+            threads = usable_cores()
+            space, figures["binder"] = fit_bind_space(tokens, entries.clips(), config.seed, threads, out, binder_config, arrays)
+            figures["binder"]["threads"] = threads
             if labels is not None:
                 figures["binder"]["weak_labels"] = labels.coverage()
         else:

@@ -56,7 +56,7 @@ class Entries:
             for s, store in enumerate(self.stores):
                 ids = list(self.video_id[self.source == s])
                 parts.append(store.stack_tokens(ids, modality) if kind == "tokens" else store.stack_globals(ids, modality))
-            return np.concatenate(parts)  # entries are grouped by source (see _bank_entries)
+            return np.concatenate(parts)  # entries are grouped by source (see bank_entries)
 
         return fetch
 

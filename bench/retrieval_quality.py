@@ -14,7 +14,9 @@ out of its features file), entries matched against the library's scenes too.
         [--modes bind,paired,bind-weak] [--library-videos 0,500,1000] [--keep DIR]
 
 Mode ``bind-weak`` is `bind` with `build-bank --weak-labels` (binders also fitted to labels read from
-the train split's questions). The table's top-5 column is the share over the first 5 neighbours.
+the train split's questions); a ``-seg`` suffix adds `--segment-keys` (late interaction over segment
+keys), ``-rerank`` adds `--rerank-labels` (needs ``-weak``): e.g. ``bind-weak-seg-rerank``. The table's
+top-5 column is the share over the first 5 neighbours.
 """
 
 from __future__ import annotations
@@ -34,7 +36,17 @@ from r2scp_cli.features import FeatureStore
 from r2scp_cli.retrieval import bank
 from r2scp_cli.synth import dataset as synth
 
-MODES = ("bind", "paired")  # also "bind-weak": bind keys with `build-bank --weak-labels`
+MODES = ("bind", "paired")  # also "bind-weak", "bind-seg", "bind-weak-seg", "bind-weak-rerank", "bind-weak-seg-rerank"
+FLAGS = {"weak": "weak_labels", "seg": "segment_keys", "rerank": "rerank_labels"}  # mode suffix -> BankConfig field
+
+
+def bank_options(mode: str) -> dict:
+    """``bind-weak-seg`` -> keys="bind", weak_labels=True, segment_keys=True."""
+    keys, *suffixes = mode.split("-")
+    unknown = [x for x in suffixes if x not in FLAGS]
+    if unknown:
+        raise SystemExit(f"mode {mode!r}: unknown suffix {unknown[0]!r} (known: {', '.join(FLAGS)})")
+    return {"keys": keys, **{FLAGS[x]: True for x in suffixes}}
 
 
 def facts(scene, m: Modality) -> frozenset:
@@ -119,8 +131,7 @@ def main() -> None:
         for n in sizes:
             library = (library_files[n],) if n else ()
             name = f"bank-{args.split_by}-{args.size}-{args.encoder}-{mode}-library{n}"
-            keys, weak = mode.removesuffix("-weak"), mode.endswith("-weak")
-            out = bank.run(BankConfig(features, root / name, keys=keys, library=library, weak_labels=weak))
+            out = bank.run(BankConfig(features, root / name, library=library, **bank_options(mode)))
             memory = bank.Bank.open(out)
             meta = artifacts.read_json(out / "meta.json")
             figures = meta["figures"]
@@ -133,13 +144,14 @@ def main() -> None:
         f"{args.videos} videos of {args.size} px split by {args.split_by}, encoder {args.encoder}, {len(query_ids)} "
         f"{args.split} videos as queries, work dir {root}"
     )
-    print(f"{'keys':<9} {'library':>7} {'recover':<7} {'top-1':>6} {'top-5':>6} {'top-n':>6} {'random':>6}   "
+    width = max(9, *map(len, args.modes.split(",")))
+    print(f"{'keys':<{width}} {'library':>7} {'recover':<7} {'top-1':>6} {'top-5':>6} {'top-n':>6} {'random':>6}   "
           "key quality (held-out recall@1, recall@10 / chance@10)   bank s")  # fmt: skip
     for mode, n, target, shares, quality, seconds in rows:
         top_n = next(v for k, v in shares.items() if k.startswith("top") and k not in ("top1", "top5"))
         recall = (f"{quality['recall@1']:.3f}, {quality['recall@10']:.3f} / {quality['chance@10']:.3f}"
                   if "recall@10" in quality else quality["note"])  # fmt: skip
-        print(f"{mode:<9} {n:>7} {target:<7} {shares['top1']:>6.3f} {shares['top5']:>6.3f} {top_n:>6.3f} {shares['random']:>6.3f}   "
+        print(f"{mode:<{width}} {n:>7} {target:<7} {shares['top1']:>6.3f} {shares['top5']:>6.3f} {top_n:>6.3f} {shares['random']:>6.3f}   "
               f"{recall} ({quality.get('space', mode)})   {seconds:.0f}")  # fmt: skip
 
 

@@ -133,6 +133,8 @@ class BankConfig(StageConfig):
     seed: int = 0
     key_dtype: str = "float32"  # float16 halves the stored keys; search runs on their float32 values
     weak_labels: bool = False  # bind: also fit the binders to weak labels read from the train split's questions
+    segment_keys: bool = False  # bind: also key clips by their segments, scored by late interaction (rescoring.py)
+    rerank_labels: bool = False  # with weak_labels: re-rank the top candidates by the weak-label head's agreement
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,9 @@ Bank directory::
 
     meta.json            stage, config, inputs, figures (key quality, HNSW recall), index parameters
     entries.h5           /sources, /source [E], /video_id [E] (the id in its source), /own_video [E] (the
-                         dataset video the entry is, "" for a library clip), /keys/{audio,visual} [folds, E, D_key]
+                         dataset video the entry is, "" for a library clip), /keys/{audio,visual} [folds, E, D_key];
+                         --segment-keys: /segment_keys/{m} [folds, E, T, D_key], /segment_weights/{m} [folds, E, T];
+                         --rerank-labels: /label_probs/{m} [folds, E, C] (the head's `heard:` probabilities)
     neighbours.h5        /video_id [V], /{audio,visual}/{index [V, n], sim [V, n], negatives [V, r]}
     index_audio_0.bin    hnswlib cosine index over the audio keys of fold 0 (likewise per fold, visual)
     binder_0.pt          `bind`: one binder per fold (weights, dims, config); binder.json: training card
@@ -52,6 +54,7 @@ from .keys import (
     BINDER_CARD, WEAK_LABEL_WEIGHT, BinderConfig, KeySpace, binder_file, check_bind_size, fit_bind_space,
     key_quality, load_binder, resolve_key_mode, store_fetch,
 )  # fmt: skip
+from .rescoring import GATHER_FACTOR, GATHER_MIN, RERANK_POOL, RERANK_WEIGHT, rerank_columns
 from .search import (
     QUERY_CHUNK, FetchOf, Searcher, build_index, ef_for, hnsw_recall, load_index, retrieve,
 )  # fmt: skip
@@ -99,7 +102,9 @@ def _diagnostic_videos(store: FeatureStore, entries: Entries, mode: str, seed: i
     return sorted(np.random.default_rng(seed).permutation(videos)[:DIAGNOSTIC_MAX].tolist())
 
 
-def _write_entries(out: Path, entries: Entries, keys: dict[Modality, np.ndarray], info: EncoderInfo, mode: str) -> None:
+def _write_entries(
+    out: Path, entries: Entries, keys: dict[Modality, np.ndarray], info: EncoderInfo, mode: str, extra: dict[str, np.ndarray]
+) -> None:
     with artifacts.atomic_path(out / ENTRIES_FILE) as tmp, h5py.File(tmp, "w") as h5:
         h5.attrs.update(info.attrs())
         h5.attrs["key_mode"] = mode
@@ -109,6 +114,8 @@ def _write_entries(out: Path, entries: Entries, keys: dict[Modality, np.ndarray]
         h5.create_dataset("own_video", data=entries.own_video, dtype=_STR)
         for m, vectors in keys.items():
             h5.create_dataset(f"keys/{m.value}", data=vectors)
+        for name, data in extra.items():  # segment keys and weights, label probabilities
+            h5.create_dataset(name, data=data)
 
 
 def _write_neighbours(out: Path, video_ids: list[str], lists: dict[Modality, dict[str, np.ndarray]]) -> None:
@@ -190,6 +197,12 @@ def _print_summary(figures: dict) -> None:
                 f"  weak labels: {weak['labels']} labels from train questions on {weak['labelled_videos']} videos "
                 f"({weak['known_per_labelled_video']:.1f} known per video; library clips unlabelled)"
             )
+    if "segment_keys" in figures:
+        console.print(f"  segment keys: {figures['segment_keys']['score']}; candidates {figures['segment_keys']['candidates']}")
+    if "rerank" in figures:
+        rerank = figures["rerank"]
+        console.print(f"  re-rank: top {rerank['pool']} by similarity + {rerank['weight']:g} x agreement on {len(rerank['labels'])} "
+                      f"'{rerank['labels'][0].split(':')[0]}:' labels (query's available modality vs candidate's key)")
     memory = figures["memory"]
     console.print(
         f"  memory: {memory['index_bytes'] / 2**20:.1f} MiB of HNSW indexes + {memory['key_bytes'] / 2**20:.1f} MiB of keys "
@@ -198,10 +211,11 @@ def _print_summary(figures: dict) -> None:
     console.print(f"  verdict: {figures['verdict']}")
 
 
-def memory_figures(out: Path, keys: dict[Modality, np.ndarray], entries: int) -> dict:
-    """What the bank costs: bytes of the saved HNSW indexes and of the keys, and their sum per entry."""
+def memory_figures(out: Path, keys: dict[Modality, np.ndarray], entries: int, extra: Sequence[np.ndarray] = ()) -> dict:
+    """What the bank costs: bytes of the saved HNSW indexes and of the keys (``extra``: segment keys and
+    other per-entry arrays), and their sum per entry."""
     index_bytes = sum(path.stat().st_size for path in out.glob("index_*.bin"))
-    key_bytes = sum(int(k.nbytes) for k in keys.values())
+    key_bytes = sum(int(k.nbytes) for k in keys.values()) + sum(int(a.nbytes) for a in extra)
     return {"index_bytes": index_bytes, "key_bytes": key_bytes,
             "bytes_per_entry": round((index_bytes + key_bytes) / max(entries, 1), 1)}  # fmt: skip
 
@@ -218,7 +232,13 @@ def run(config: BankConfig, force: bool = False) -> Path:
             check_bind_size(len(set(entries.clips())), config.features)
         if config.weak_labels and mode != "bind":
             raise UserError(f"--weak-labels trains the binder of --keys bind; these keys are {mode}")
+        if config.segment_keys and mode != "bind":
+            raise UserError(f"--segment-keys keys a clip by the segments of the binder of --keys bind; these keys are {mode}")
+        if config.rerank_labels and not config.weak_labels:
+            raise UserError("--rerank-labels re-ranks with the weak-label head that --weak-labels trains; add --weak-labels")
         labels = weak_labels(store.questions, entries.clips()) if config.weak_labels else None
+        if config.rerank_labels and not rerank_columns(labels.names):
+            raise UserError("--rerank-labels: no train question says which instrument is heard (no 'heard:' label to compare)")
         inputs = {"features": config.features, **{f"library_{i}": p for i, p in enumerate(config.library)}}
         stage = artifacts.begin("build-bank", out, config, inputs, force=force)
         if stage.finished:
@@ -239,7 +259,9 @@ def run(config: BankConfig, force: bool = False) -> Path:
             # Torch threads: every usable core (--threads is the HNSW build's; the binders came out
             # bit-identical with 1 and 2 threads here, 1.4x faster with 2).
             threads = usable_cores()
-            space, figures["binder"] = fit_bind_space(tokens, entries.clips(), config.seed, threads, out, binder_config, arrays)
+            names = labels.names if labels is not None else ()
+            space, figures["binder"] = fit_bind_space(tokens, entries.clips(), config.seed, threads, out, binder_config, arrays, names)
+            space = dataclasses.replace(space, segments=config.segment_keys, rerank=config.rerank_labels)
             figures["binder"]["threads"] = threads
             if labels is not None:
                 figures["binder"]["weak_labels"] = labels.coverage()
@@ -249,11 +271,20 @@ def run(config: BankConfig, force: bool = False) -> Path:
         own_rows = exclusion_rows(entries.own_video)
         query_ids = list(store.video_ids)
         fetch_of = partial(store_fetch, store)
-        keys, lists, index_meta = {}, {}, {}
+        keys, lists, index_meta, extra = {}, {}, {}, {}
         for m in MEDIA:
             # Stored in --key-dtype; the indexes and exact search use exactly the stored values.
             keys[m] = space.keys(entries.fetch(), m).astype(config.key_dtype)
-            searchers, search = _searchers(keys[m].astype(np.float32, copy=False), own_rows, config, out, m)
+            if space.segments:
+                segment_keys, segment_weights = space.segment_keys(entries.fetch(), m)
+                extra[f"segment_keys/{m.value}"] = segment_keys.astype(config.key_dtype)
+                extra[f"segment_weights/{m.value}"] = segment_weights
+            if space.rerank:
+                stored = keys[m].astype(np.float32)
+                extra[f"label_probs/{m.value}"] = np.stack([
+                    space.label_probs(stored[f], f, rerank_columns(binder.label_names)) for f, binder in enumerate(space.binders)
+                ])  # fmt: skip
+            searchers, search = _searchers(keys[m].astype(np.float32, copy=False), own_rows, config, out, m, _fold_arrays(extra, m))
             lists[m] = _neighbour_lists(space, searchers, fetch_of, query_ids, config, search, m)
             figures[m.value] = {"key_quality": key_quality(space, store, diagnostic, m)}
             if searchers[0].index is not None and config.check_recall > 0:
@@ -266,20 +297,36 @@ def run(config: BankConfig, force: bool = False) -> Path:
             key_dim=int(keys[MEDIA[0]].shape[-1]), query_videos=len(query_ids), search=search,
             neighbours=int(lists[MEDIA[0]]["index"].shape[1]), negatives=int(lists[MEDIA[0]]["negatives"].shape[1]),
         )  # fmt: skip
+        if space.segments:
+            figures["segment_keys"] = {
+                "score": "symmetric attention-weighted MaxSim over the binder's segment keys",
+                "candidates": "every entry (exact search)" if search != "hnsw"
+                else f"top {GATHER_FACTOR} x n (at least {GATHER_MIN}) by clip key, rescored exactly",
+            }  # fmt: skip
+        if space.rerank:
+            figures["rerank"] = {"labels": rerank_columns(space.binders[0].label_names), "weight": RERANK_WEIGHT, "pool": RERANK_POOL}
         figures["verdict"] = key_verdict(figures)
-        figures["memory"] = memory_figures(out, keys, len(entries))
-        _write_entries(out, entries, keys, store.info, mode)
+        figures["memory"] = memory_figures(out, keys, len(entries), [a for name, a in extra.items() if name.startswith("segment_keys")])
+        _write_entries(out, entries, keys, store.info, mode, extra)
         _write_neighbours(out, query_ids, lists)
         _print_summary(figures)
         stage.finish(figures=figures, key_mode=mode, index=index_meta, hnswlib_version=_hnswlib_version())
     return out
 
 
+def _fold_arrays(extra: dict[str, np.ndarray], m: Modality) -> dict[str, np.ndarray]:
+    """A searcher's optional arrays for target m, each [folds, E, ...] (float32), by Searcher field name."""
+    fields = {"segment_keys": "segment_keys", "segment_weights": "segment_weights", "label_probs": "labels"}
+    return {field: extra[f"{name}/{m.value}"].astype(np.float32) for name, field in fields.items() if f"{name}/{m.value}" in extra}
+
+
 def _searchers(
-    keys: np.ndarray, own_rows: dict[str, np.ndarray], config: BankConfig, out: Path, m: Modality
+    keys: np.ndarray, own_rows: dict[str, np.ndarray], config: BankConfig, out: Path, m: Modality,
+    arrays: dict[str, np.ndarray] | None = None,
 ) -> tuple[list[Searcher], str]:
     """One searcher per fold, its HNSW index saved in ``out``; exact search when asked, or when the
-    beam would cover the bank anyway (DESIGN section 9: small banks)."""
+    beam would cover the bank anyway (DESIGN section 9: small banks). ``arrays``: per-fold segment keys,
+    weights and label probabilities (:func:`_fold_arrays`)."""
     small = keys.shape[1] <= max(config.ef, 4 * config.neighbours)
     searchers = []
     for f, fold_keys in enumerate(keys):
@@ -287,7 +334,8 @@ def _searchers(
         if index is not None:
             with artifacts.atomic_path(out / index_file(m, f)) as tmp:
                 index.save_index(str(tmp))
-        searchers.append(Searcher(fold_keys, own_rows, index, config.ef, config.threads))
+        fold = {field: values[f] for field, values in (arrays or {}).items()}
+        searchers.append(Searcher(fold_keys, own_rows, index, config.ef, config.threads, **fold))
     return searchers, "exact" if config.exact else "exact (small bank)" if small else "hnsw"
 
 
@@ -345,6 +393,8 @@ class Bank:
             # banks built before /own_video existed excluded by raw id
             own_video = list(h5["own_video"].asstr()[()]) if "own_video" in h5 else self._entry_ids
             self._keys = {m: h5[f"keys/{m.value}"][()].astype(np.float32) for m in MEDIA}
+            self._extra = {name: h5[name][()] for group in ("segment_keys", "segment_weights", "label_probs") if group in h5
+                           for name in (f"{group}/{m.value}" for m in MEDIA)}  # fmt: skip
         with h5py.File(self.dir / NEIGHBOURS_FILE, "r") as h5:
             self._row = {video: i for i, video in enumerate(h5["video_id"].asstr()[()])}
             self._lists = {m: {name: h5[f"{m.value}/{name}"][()] for name in ("index", "sim", "negatives")} for m in MEDIA}
@@ -434,15 +484,18 @@ class Bank:
     def _key_space(self) -> KeySpace:
         if self._space is None:
             folds = self.meta["index"][MEDIA[0].value]["folds"] if self.key_mode == "bind" else 0
-            self._space = KeySpace(self.key_mode, [load_binder(self.dir / binder_file(f)) for f in range(folds)])
+            config = self.meta["config"]
+            self._space = KeySpace(self.key_mode, [load_binder(self.dir / binder_file(f)) for f in range(folds)],
+                                   segments=bool(config.get("segment_keys")), rerank=bool(config.get("rerank_labels")))  # fmt: skip
         return self._space
 
     def _fold_searchers(self, m: Modality) -> list[Searcher]:
         if m not in self._searchers:
             params = self.meta["index"][m.value]
-            searchers = []
+            searchers, arrays = [], _fold_arrays(self._extra, m)
             for f, keys in enumerate(self._keys[m]):
                 index = load_index(self.dir / index_file(m, f), params["dim"], params["ef"]) if params["built"] else None
-                searchers.append(Searcher(keys, self._own_rows, index, params["ef"], params["build_threads"]))
+                fold = {field: values[f] for field, values in arrays.items()}
+                searchers.append(Searcher(keys, self._own_rows, index, params["ef"], params["build_threads"], **fold))
             self._searchers[m] = searchers
         return self._searchers[m]

@@ -17,7 +17,12 @@ leak: it is why binders are cross-fitted (:func:`train_cross_fitted`).
 
 With `build-bank --weak-labels` a linear head on the shared space also predicts, from both
 embeddings, the labels read from the train split's questions (weak_labels.py: instruments heard,
-seen, and where); the head is dropped after training. Measured, it is a small gain (WEAK_LABEL_WEIGHT).
+seen, and where). Measured, it is a small gain (WEAK_LABEL_WEIGHT). The head is saved with its
+binder; `--rerank-labels` uses it (rescoring.py).
+
+With `build-bank --segment-keys` a clip is also keyed by its T segments: the pooler's per-segment
+outputs (the vectors its attention averages into the clip key), each normalised, with the attention
+weights; rescoring.py scores clips by late interaction over them.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import hashlib
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -41,6 +47,7 @@ from ..config import KEY_MODES, Modality
 from ..console import console, progress_bar
 from ..errors import UserError
 from ..features import EncoderInfo, FeatureStore
+from .rescoring import RERANK_POOL, late_interaction, rerank_by_labels, rerank_columns
 
 MEDIA = (Modality.AUDIO.value, Modality.VISUAL.value)
 EVAL_MAX = 2000  # held-out videos scored at each early-stopping check
@@ -95,6 +102,13 @@ class ModalityPooler(nn.Module):
         weights = torch.softmax(logits, dim=-1).unsqueeze(-1)
         return F.normalize(self.out((weights * hidden).sum(dim=1)), dim=-1)
 
+    def segments(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-segment keys [B, T, dim] (each L2-normalised) and attention weights [B, T]: the clip key
+        is the normalised weighted sum of the unnormalised segment outputs (``out`` is affine)."""
+        hidden = self.project((tokens - self.mean) / self.std)
+        weights = torch.softmax(self.score(hidden).squeeze(-1), dim=-1)
+        return F.normalize(self.out(hidden), dim=-1), weights
+
 
 class Binder(nn.Module):
     """One pooler per media modality and a learned InfoNCE temperature."""
@@ -107,6 +121,8 @@ class Binder(nn.Module):
             {m: ModalityPooler(self.dims[m], config.hidden, config.dim, config.dropout) for m in MEDIA}
         )
         self.log_scale = nn.Parameter(torch.tensor(float(np.log(1.0 / config.temperature))))
+        self.label_head: nn.Linear | None = None  # the weak-label head, kept when labels trained it
+        self.label_names: list[str] = []  # its output columns (weak_labels.py names)
 
     def card(self) -> dict:
         """Config and dims, JSON-ready (the binder's entry in binder.json)."""
@@ -134,6 +150,30 @@ class Binder(nn.Module):
             return np.zeros((0, self.config.dim), np.float32)
         return np.concatenate(out).astype(np.float32)
 
+    def embed_segments(self, tokens: np.ndarray, modality: Modality | str, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """[N, T, D] tokens -> segment keys float32 [N, T, dim] and attention weights float32 [N, T]."""
+        pooler = self.poolers[Modality(modality).value]
+        was_training = self.training
+        self.eval()
+        keys, weights = [np.zeros((0, tokens.shape[1], self.config.dim), np.float32)], [np.zeros((0, tokens.shape[1]), np.float32)]
+        with torch.no_grad():
+            for start in range(0, len(tokens), batch):
+                chunk = torch.from_numpy(np.ascontiguousarray(tokens[start : start + batch], np.float32))
+                segment_keys, segment_weights = pooler.segments(chunk)
+                keys.append(segment_keys.numpy())
+                weights.append(segment_weights.numpy())
+        self.train(was_training)
+        return np.concatenate(keys).astype(np.float32), np.concatenate(weights).astype(np.float32)
+
+    def label_probs(self, vectors: np.ndarray, names: Sequence[str]) -> np.ndarray:
+        """The weak-label head's probabilities [N, len(names)] of the named labels from clip-level vectors."""
+        if self.label_head is None:
+            raise UserError("this binder has no weak-label head (build the bank with --weak-labels)")
+        columns = [self.label_names.index(n) for n in names]
+        with torch.no_grad():
+            logits = self.label_head(torch.from_numpy(np.ascontiguousarray(vectors, np.float32)))
+        return torch.sigmoid(logits[:, columns]).numpy().astype(np.float32)
+
     def loss(self, audio: torch.Tensor, visual: torch.Tensor, keep_a, keep_v, head: nn.Module | None = None,
              labels: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Symmetric InfoNCE: row i of audio pairs with row i of visual. With a label ``head`` and
@@ -155,16 +195,25 @@ class Binder(nn.Module):
         return loss + self.config.label_weight * 0.5 * weak
 
 
-def cross_modal_recall(queries: np.ndarray, keys: np.ndarray, ks: tuple[int, ...] = (1, 10)) -> dict:
+def cross_modal_recall(
+    queries: np.ndarray, keys: np.ndarray, ks: tuple[int, ...] = (1, 10), sims: np.ndarray | None = None,
+    rerank: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+) -> dict:
     """Recall@k of row i of ``keys`` for query i (own pair among the top k), and chance k/N.
 
-    Both inputs are L2-normalised [N, D]. This diagnostic deliberately *lifts* the bank's
-    self-exclusion: the own pair is the right answer here.
+    Both inputs are L2-normalised [N, D]; or ``sims`` [N, N] gives the scores directly (segment keys).
+    ``rerank(idx, sims)`` reorders each row's top RERANK_POOL as the search does (--rerank-labels).
+    This diagnostic deliberately *lifts* the bank's self-exclusion: the own pair is the right answer here.
     """
-    n = len(queries)
-    sims = queries @ keys.T
+    sims = queries @ keys.T if sims is None else sims
+    n = len(sims)
     own = np.diag(sims)[:, None]
     rank = (sims > own).sum(axis=1)  # how many candidates beat the own pair
+    if rerank is not None and n:
+        pool = np.argsort(-sims, axis=1, kind="stable")[:, :RERANK_POOL]
+        pool, _ = rerank(pool, np.take_along_axis(sims, pool, axis=1))
+        inside = pool == np.arange(n)[:, None]
+        rank = np.where(inside.any(axis=1), inside.argmax(axis=1), np.maximum(rank, pool.shape[1]))
     out: dict = {"videos": n}
     for k in ks:
         out[f"recall@{k}"] = round(float((rank < k).mean()), 4) if n else None
@@ -224,8 +273,8 @@ def train_binder(
 
     ``train`` and ``held_out`` map "audio"/"visual" to [N, T, D] float32 arrays whose rows are the
     same videos. ``labels``: optional weak labels of the ``train`` rows, (targets float [N, L], known
-    bool [N, L]), used when ``config.label_weight`` > 0 through a linear head that is not kept.
-    Returns the binder (eval mode) and its training history.
+    bool [N, L]), used when ``config.label_weight`` > 0 through a linear head, kept as
+    ``binder.label_head`` (its state at the best step). Returns the binder (eval mode) and its history.
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -242,7 +291,12 @@ def train_binder(
     audio, visual = (torch.from_numpy(np.ascontiguousarray(train[m], np.float32)) for m in MEDIA)
     batches = _batches(len(audio), min(config.batch_size, len(audio)), generator)
     history: list[dict] = []
-    best = {"score": -1.0, "step": 0, "state": copy.deepcopy(binder.state_dict())}
+
+    def snapshot(score: float, step: int) -> dict:
+        return {"score": score, "step": step, "state": copy.deepcopy(binder.state_dict()),
+                "head": copy.deepcopy(head.state_dict()) if head is not None else None}  # fmt: skip
+
+    best = snapshot(-1.0, 0)
     with _torch_threads(threads), progress_bar("loss", "rank_score") as bar:
         task = bar.add_task(f"training the {label}", total=config.max_steps, loss="-", rank_score="-")
         for step in range(1, config.max_steps + 1):
@@ -261,24 +315,32 @@ def train_binder(
             history.append({"step": step, "loss": round(loss.item(), 4), "held_out_rank_score": score})
             bar.update(task, completed=step, loss=f"{loss.item():.3f}", rank_score=f"{score:.3f}")
             if score > best["score"]:
-                best = {"score": score, "step": step, "state": copy.deepcopy(binder.state_dict())}
+                best = snapshot(score, step)
             elif step - best["step"] >= config.patience * config.eval_every:
                 break
     binder.load_state_dict(best["state"])
+    if head is not None:  # kept with the binder (its columns are named by the caller)
+        head.load_state_dict(best["head"])
+        binder.label_head = head
     binder.eval()
     summary = {"steps_run": step, "best_step": best["step"], "history": history}
     return binder, summary
 
 
 def save_binder(binder: Binder, path: Path) -> None:
-    """Weights, dims and config in one torch file (written by the caller through atomic_path)."""
-    torch.save({"state_dict": binder.state_dict(), **binder.card()}, path)
+    """Weights, dims and config in one torch file (written by the caller through atomic_path); the
+    weak-label head's weights are in the state dict and its column names beside them."""
+    torch.save({"state_dict": binder.state_dict(), **binder.card(), "label_names": list(binder.label_names)}, path)
 
 
 def load_binder(path: Path) -> Binder:
     """Rebuild a binder saved by :func:`save_binder`."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     binder = Binder(payload["dims"], BinderConfig(**payload["config"]))
+    names = payload.get("label_names") or []
+    if names:
+        binder.label_head = nn.Linear(binder.config.dim, len(names))
+        binder.label_names = list(names)
     binder.load_state_dict(payload["state_dict"])
     binder.eval()
     return binder
@@ -348,8 +410,11 @@ def check_bind_size(videos: int, features: Path) -> None:
 def fit_bind_space(
     tokens: dict[str, np.ndarray], video_ids: list[str], seed: int, threads: int, out: Path,
     config: BinderConfig = BinderConfig(), labels: tuple[np.ndarray, np.ndarray] | None = None,
+    label_names: Sequence[str] = (),
 ) -> tuple["KeySpace", dict]:
     """Train the cross-fitted binders on the bank entries' tokens and save them in ``out``.
+
+    ``label_names`` name the columns of ``labels``: the binders keep their weak-label heads under them.
 
     Returns the `bind` key space and its figures, among them the memorisation gap: binder 0's
     recall@10 on videos it trained on, to read next to the held-out key quality.
@@ -357,6 +422,8 @@ def fit_bind_space(
     started = time.time()
     binders, folds = train_cross_fitted(tokens, video_ids, config, seed, threads, labels)
     for f, binder in enumerate(binders):
+        if binder.label_head is not None:
+            binder.label_names = list(label_names) or [f"label{j}" for j in range(binder.label_head.out_features)]
         with artifacts.atomic_path(out / binder_file(f)) as tmp:
             save_binder(binder, tmp)
     artifacts.write_json(out / BINDER_CARD, {**binders[0].card(), "folds": folds})
@@ -405,11 +472,15 @@ class KeySpace:
     """Turns features into keys (bank entries) and queries (videos whose m is missing).
 
     With `bind` there is one space per cross-fitting fold (one binder each); a query of fold f is
-    matched against the keys of fold f. `unified` and `paired` have a single fold.
+    matched against the keys of fold f. `unified` and `paired` have a single fold. ``segments``: clips
+    are also keyed by their segments (`bind` only) and scored by :func:`late_interaction`; ``rerank``:
+    the top candidates are re-ranked with the binders' weak-label heads (rescoring.py).
     """
 
     mode: str
     binders: list[Binder] = field(default_factory=list)
+    segments: bool = False
+    rerank: bool = False
 
     @property
     def folds(self) -> int:
@@ -440,6 +511,20 @@ class KeySpace:
             return _normalise(self.binders[fold].embed(fetch(available, "tokens"), available))
         return _normalise(fetch(available, "global"))
 
+    def segment_keys(self, fetch: Fetch, m: Modality) -> tuple[np.ndarray, np.ndarray]:
+        """Segment keys [folds, E, T, D] and their attention weights [folds, E, T] for target ``m``."""
+        tokens = fetch(m, "tokens")
+        parts = [binder.embed_segments(tokens, m) for binder in self.binders]
+        return np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts])
+
+    def query_segments(self, fetch: Fetch, m: Modality, fold: int) -> tuple[np.ndarray, np.ndarray]:
+        """Segment queries [N, T, D] and weights [N, T]; only the available modality m.other() is read."""
+        return self.binders[fold].embed_segments(fetch(m.other(), "tokens"), m.other())
+
+    def label_probs(self, vectors: np.ndarray, fold: int, names: Sequence[str]) -> np.ndarray:
+        """[N, len(names)] weak-label probabilities of clip-level keys or queries of ``fold``."""
+        return self.binders[fold].label_probs(vectors, names)
+
 
 def store_fetch(store: FeatureStore, video_ids: Sequence[str]) -> Fetch:
     """A :data:`Fetch` over some videos of one features file."""
@@ -450,6 +535,10 @@ def store_fetch(store: FeatureStore, video_ids: Sequence[str]) -> Fetch:
         return store.stack_globals(video_ids, modality)
 
     return fetch
+
+
+def _rerank_with(idx: np.ndarray, sims: np.ndarray, probs: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return rerank_by_labels(idx, sims, *probs)
 
 
 def key_quality(space: KeySpace, store: FeatureStore, videos: list[str], m: Modality) -> dict:
@@ -467,11 +556,23 @@ def key_quality(space: KeySpace, store: FeatureStore, videos: list[str], m: Moda
         queries, keys = space.queries(fetch, m, f), space.cross_keys(fetch, m, f)
         if queries.shape[1] != keys.shape[1]:
             return {"direction": direction, "videos": len(videos), "note": "globals of different dims: no cross-modal space"}
-        if len(group) > 1:
-            parts.append(cross_modal_recall(queries, keys))
+        if len(group) < 2:
+            continue
+        # Scored as the search scores: late interaction with segment keys, then the label re-rank.
+        sims = None
+        if space.segments:
+            sims = late_interaction(*space.query_segments(fetch, m, f), *space.binders[f].embed_segments(fetch(m, "tokens"), m))
+        rerank = None
+        if space.rerank:
+            names = rerank_columns(space.binders[f].label_names)
+            probs = space.label_probs(queries, f, names), space.label_probs(keys, f, names)
+            rerank = partial(_rerank_with, probs=probs)
+        parts.append(cross_modal_recall(queries, keys, sims=sims, rerank=rerank))
     if not parts:
         return {"direction": direction, "videos": len(videos), "note": "too few videos to measure"}
     sizes = np.array([p["videos"] for p in parts])
     means = {k: round(float(np.average([p[k] for p in parts], weights=sizes)), 4) for k in parts[0] if k != "videos"}
     space_name = "encoder globals (paired keys are not cross-modal)" if space.mode == "paired" else space.mode
+    space_name += " segment keys (late interaction)" if space.segments else ""
+    space_name += " re-ranked by weak labels" if space.rerank else ""
     return {"direction": direction, "space": space_name, "videos": int(sizes.sum()), "folds": len(parts), **means}

@@ -2,7 +2,9 @@
 
 A bank of ``--keys bind`` has one key set per cross-fitting fold, so one :class:`Searcher` per fold;
 :func:`retrieve` sends each query video to the searcher of its fold, with queries built by the key
-space from the available modality only.
+space from the available modality only. With segment keys a searcher gathers candidates by clip key
+and rescores them by late interaction (exact search scores every entry that way); with the label
+re-rank, :func:`retrieve` reorders the top candidates (rescoring.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ..config import BankConfig, Modality
 from ..errors import UserError
 from ..features import FeatureStore
 from .keys import Fetch, KeySpace, store_fetch
+from .rescoring import GATHER_FACTOR, GATHER_MIN, RERANK_POOL, late_interaction, rerank_by_labels, rerank_columns
 
 QUERY_CHUNK = 2048
 EXACT_BLOCK = 1 << 26  # similarities held at once by exact search (256 MiB of float32)
@@ -50,6 +53,9 @@ class Searcher:
     index: hnswlib.Index | None = None
     ef: int = 64
     threads: int = 1
+    segment_keys: np.ndarray | None = None  # [E, T, D] L2-normalised per segment (--segment-keys)
+    segment_weights: np.ndarray | None = None  # [E, T] their attention weights
+    labels: np.ndarray | None = None  # [E, C] weak-label probabilities of the entries (--rerank-labels)
     _empty: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # rows of a video not in the bank
 
     def limit(self) -> int:
@@ -67,11 +73,37 @@ class Searcher:
 
     def exact(self, queries: np.ndarray, video_ids: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Brute-force cosine top-k (batched matrix product), ties broken by entry row."""
-        idx = np.zeros((len(queries), k), np.int64)
-        sims = np.zeros((len(queries), k), np.float32)
         chunk = max(1, min(QUERY_CHUNK, EXACT_BLOCK // max(1, len(self.keys))))
-        for start in range(0, len(queries), chunk):
-            block = queries[start : start + chunk] @ self.keys.T
+        return self._exact_top(lambda rows: queries[rows] @ self.keys.T, len(queries), video_ids, k, chunk)
+
+    def exact_late(self, segments: tuple[np.ndarray, np.ndarray], video_ids: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Brute-force late-interaction top-k over every entry's segment keys, ties broken by entry row."""
+        q_keys, q_weights = segments
+        pairs = len(self.keys) * self.segment_keys.shape[1] * q_keys.shape[1]  # segment similarities per query
+        chunk = max(1, min(QUERY_CHUNK, EXACT_BLOCK // max(1, pairs)))
+        def score(rows: slice) -> np.ndarray:
+            return late_interaction(q_keys[rows], q_weights[rows], self.segment_keys, self.segment_weights)
+
+        return self._exact_top(score, len(q_keys), video_ids, k, chunk)
+
+    def rescore(self, segments: tuple[np.ndarray, np.ndarray], candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The top-k of gathered ``candidates`` [B, P] by late interaction, ties broken by entry row."""
+        q_keys, q_weights = segments
+        idx, sims = np.zeros((len(candidates), k), np.int64), np.zeros((len(candidates), k), np.float32)
+        chunk = max(1, EXACT_BLOCK // max(1, candidates.shape[1] * self.segment_keys[0].size))
+        for start in range(0, len(candidates), chunk):
+            rows, cand = slice(start, start + chunk), candidates[start : start + chunk]
+            scores = late_interaction(q_keys[rows], q_weights[rows], self.segment_keys[cand], self.segment_weights[cand])
+            order = np.lexsort((cand, -scores), axis=1)[:, :k]
+            idx[rows], sims[rows] = np.take_along_axis(cand, order, axis=1), np.take_along_axis(scores, order, axis=1)
+        return idx, sims
+
+    def _exact_top(self, score, n: int, video_ids: Sequence[str], k: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of ``score(rows)`` [len(rows), E] per query, the own entries excluded, in query chunks."""
+        idx = np.zeros((n, k), np.int64)
+        sims = np.zeros((n, k), np.float32)
+        for start in range(0, n, chunk):
+            block = score(slice(start, start + chunk))
             own = self.own_matrix(video_ids[start : start + chunk])
             rows = np.broadcast_to(np.arange(len(block))[:, None], own.shape)
             block[rows[own >= 0], own[own >= 0]] = -np.inf
@@ -98,11 +130,23 @@ class Searcher:
         sims = 1.0 - np.take_along_axis(distances, first, axis=1)
         return idx, sims.astype(np.float32)
 
-    def top(self, queries: np.ndarray, video_ids: Sequence[str], k: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+    def top(
+        self, queries: np.ndarray, video_ids: Sequence[str], k: int, exact: bool,
+        segments: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k entries of each query, never its own video. With ``segments`` (the queries' segment
+        keys and weights) and segment keys in the bank, scored by late interaction: every entry when
+        exact, else the clip-key search's top GATHER_FACTOR x k (at least GATHER_MIN), rescored."""
         k = min(k, self.limit())
         if k < 1:
             raise UserError(f"the bank has {len(self.keys)} entries: too few to retrieve from")
-        return self.exact(queries, video_ids, k) if exact or self.index is None else self.hnsw(queries, video_ids, k)
+        video_ids = list(video_ids)
+        if segments is None or self.segment_keys is None:
+            return self.exact(queries, video_ids, k) if exact or self.index is None else self.hnsw(queries, video_ids, k)
+        if exact or self.index is None:
+            return self.exact_late(segments, video_ids, k)
+        gathered, _ = self.hnsw(queries, video_ids, min(max(GATHER_FACTOR * k, GATHER_MIN), self.limit()))
+        return self.rescore(segments, gathered, k)
 
 
 def build_index(keys: np.ndarray, config: BankConfig) -> hnswlib.Index:
@@ -130,16 +174,25 @@ def retrieve(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k entries for videos whose m is missing: each fold's videos in its own key space.
 
-    ``fetch_of(ids)`` gives a :data:`Fetch` over those videos; only m.other() is read from it.
+    ``fetch_of(ids)`` gives a :data:`Fetch` over those videos; only m.other() is read from it. With the
+    label re-rank, the top max(k, RERANK_POOL) are reordered and the first k kept.
     """
     video_ids = list(video_ids)
     k = min(k, searchers[0].limit())
+    pool = min(max(k, RERANK_POOL), searchers[0].limit()) if space.rerank else k
     idx, sims = np.zeros((len(video_ids), k), np.int64), np.zeros((len(video_ids), k), np.float32)
     folds = space.fold_of(video_ids)
     for f in np.unique(folds):
         rows = np.flatnonzero(folds == f)
         ids = [video_ids[r] for r in rows]
-        idx[rows], sims[rows] = searchers[f].top(space.queries(fetch_of(ids), m, f), ids, k, exact)
+        fetch = fetch_of(ids)
+        queries = space.queries(fetch, m, f)
+        segments = space.query_segments(fetch, m, f) if space.segments else None
+        found, scores = searchers[f].top(queries, ids, pool, exact, segments)
+        if space.rerank:
+            names = rerank_columns(space.binders[f].label_names)
+            found, scores = rerank_by_labels(found, scores, space.label_probs(queries, f, names), searchers[f].labels)
+        idx[rows], sims[rows] = found[:, :k], scores[:, :k]
     return idx, sims
 
 

@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 
 from r2scp_cli.config import BankConfig, Modality  # noqa: E402
 from r2scp_cli.retrieval.bank import index_file, memory_figures  # noqa: E402
-from r2scp_cli.retrieval.keys import BinderConfig  # noqa: E402
+from r2scp_cli.retrieval.binder import BinderConfig  # noqa: E402
 from r2scp_cli.retrieval.search import Searcher, build_index, ef_for  # noqa: E402
 
 BANK_DEFAULTS = {f.name: f.default for f in dataclasses.fields(BankConfig) if f.default is not dataclasses.MISSING}

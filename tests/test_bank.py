@@ -16,10 +16,10 @@ from r2scp_cli.cli import app
 from r2scp_cli.config import BankConfig, Modality
 from r2scp_cli.errors import UserError
 from r2scp_cli.features import FeatureStore
-from r2scp_cli.retrieval import keys as keys_module
+from r2scp_cli.retrieval import binder as binder_module
 from r2scp_cli.retrieval import search as search_module
 from r2scp_cli.retrieval.bank import Bank, key_verdict, resolve_key_mode, run
-from r2scp_cli.retrieval.keys import fold_of, load_binder
+from r2scp_cli.retrieval.binder import fold_of, load_binder
 
 MEDIA = Modality.media()
 runner = CliRunner()
@@ -177,8 +177,8 @@ def test_bind_queries_a_video_only_through_a_binder_that_never_trained_on_it(tmp
         trained_on.append({row.tobytes() for row in train["audio"]})
         return real_train_binder(train, held_out, *args, **kwargs)
 
-    real_train_binder = keys_module.train_binder
-    monkeypatch.setattr(keys_module, "train_binder", spy)
+    real_train_binder = binder_module.train_binder
+    monkeypatch.setattr(binder_module, "train_binder", spy)
     out = run(BankConfig(features, tmp_path / "bank", keys="bind", exact=True, neighbours=5))
     bank = Bank.open(out)
     binders = [load_binder(out / f"binder_{f}.pt") for f in range(3)]
@@ -207,8 +207,8 @@ def test_binder_stops_on_videos_it_neither_trains_on_nor_is_queried_with(tmp_pat
         calls.append(({row.tobytes() for row in train["audio"]}, {row.tobytes() for row in held_out["audio"]}))
         return real_train_binder(train, held_out, *args, **kwargs)
 
-    real_train_binder = keys_module.train_binder
-    monkeypatch.setattr(keys_module, "train_binder", spy)
+    real_train_binder = binder_module.train_binder
+    monkeypatch.setattr(binder_module, "train_binder", spy)
     run(BankConfig(features, tmp_path / "bank", keys="bind", exact=True, neighbours=5))
     assert len(calls) == 3
     with FeatureStore(features) as store:

@@ -18,7 +18,7 @@ from r2scp_cli.cli import app
 from r2scp_cli.config import BankConfig, Modality
 from r2scp_cli.features import FeatureStore
 from r2scp_cli.retrieval.bank import ENTRIES_FILE, Bank, run
-from r2scp_cli.retrieval.keys import fold_of, load_binder
+from r2scp_cli.retrieval.binder import fold_of, load_binder
 from r2scp_cli.retrieval.rescoring import RERANK_WEIGHT
 
 MEDIA = Modality.media()

@@ -15,7 +15,7 @@ bind       binder_f(entry's m tokens)           binder_f(video's m.other() token
 
 A query never reads the query video's m features, and a video never retrieves an entry with its
 own video id (MUSIC-AVQA splits by QA pair, so test videos sit in the train bank). With `bind` a
-video of fold f is queried through binder_f, which never trained on it (see keys.py: a binder
+video of fold f is queried through binder_f, which never trained on it (see binder.py: a binder
 that saw the video would hand its missing modality back), so there is one key set per fold.
 
 Library ids live in their own namespace (entries.py): the exclusion compares a query's id with
@@ -50,11 +50,9 @@ from ..console import console, progress_bar
 from ..errors import UserError
 from ..features import EncoderInfo, FeatureStore
 from .entries import Entries, bank_entries, exclusion_rows, library_figures, open_inputs, random_negatives
-from .keys import (
-    BINDER_CARD, WEAK_LABEL_WEIGHT, BinderConfig, KeySpace, binder_file, check_bind_size, fit_bind_space,
-    key_quality, load_binder, resolve_key_mode, store_fetch,
-)  # fmt: skip
-from .rescoring import GATHER_FACTOR, GATHER_MIN, RERANK_POOL, RERANK_WEIGHT, rerank_columns
+from .binder import BINDER_CARD, WEAK_LABEL_WEIGHT, BinderConfig, binder_file, check_bind_size, load_binder
+from .keys import ENTRY_ARRAYS, KeySpace, fit_bind_space, key_quality, resolve_key_mode, store_fetch
+from .rescoring import rerank_columns, rescoring_figures
 from .search import (
     QUERY_CHUNK, FetchOf, Searcher, build_index, ef_for, hnsw_recall, load_index, retrieve,
 )  # fmt: skip
@@ -275,15 +273,8 @@ def run(config: BankConfig, force: bool = False) -> Path:
         for m in MEDIA:
             # Stored in --key-dtype; the indexes and exact search use exactly the stored values.
             keys[m] = space.keys(entries.fetch(), m).astype(config.key_dtype)
-            if space.segments:
-                segment_keys, segment_weights = space.segment_keys(entries.fetch(), m)
-                extra[f"segment_keys/{m.value}"] = segment_keys.astype(config.key_dtype)
-                extra[f"segment_weights/{m.value}"] = segment_weights
-            if space.rerank:
-                stored = keys[m].astype(np.float32)
-                extra[f"label_probs/{m.value}"] = np.stack([
-                    space.label_probs(stored[f], f, rerank_columns(binder.label_names)) for f, binder in enumerate(space.binders)
-                ])  # fmt: skip
+            for name, values in space.entry_arrays(entries.fetch(), m, keys[m]).items():  # segment keys in --key-dtype too
+                extra[f"{name}/{m.value}"] = values.astype(config.key_dtype) if name == "segment_keys" else values
             searchers, search = _searchers(keys[m].astype(np.float32, copy=False), own_rows, config, out, m, _fold_arrays(extra, m))
             lists[m] = _neighbour_lists(space, searchers, fetch_of, query_ids, config, search, m)
             figures[m.value] = {"key_quality": key_quality(space, store, diagnostic, m)}
@@ -297,16 +288,10 @@ def run(config: BankConfig, force: bool = False) -> Path:
             key_dim=int(keys[MEDIA[0]].shape[-1]), query_videos=len(query_ids), search=search,
             neighbours=int(lists[MEDIA[0]]["index"].shape[1]), negatives=int(lists[MEDIA[0]]["negatives"].shape[1]),
         )  # fmt: skip
-        if space.segments:
-            figures["segment_keys"] = {
-                "score": "symmetric attention-weighted MaxSim over the binder's segment keys",
-                "candidates": "every entry (exact search)" if search != "hnsw"
-                else f"top {GATHER_FACTOR} x n (at least {GATHER_MIN}) by clip key, rescored exactly",
-            }  # fmt: skip
-        if space.rerank:
-            figures["rerank"] = {"labels": rerank_columns(space.binders[0].label_names), "weight": RERANK_WEIGHT, "pool": RERANK_POOL}
+        compared = rerank_columns(space.binders[0].label_names) if space.rerank else None
+        figures.update(rescoring_figures(space.segments, compared, search))
         figures["verdict"] = key_verdict(figures)
-        figures["memory"] = memory_figures(out, keys, len(entries), [a for name, a in extra.items() if name.startswith("segment_keys")])
+        figures["memory"] = memory_figures(out, keys, len(entries), list(extra.values()))
         _write_entries(out, entries, keys, store.info, mode, extra)
         _write_neighbours(out, query_ids, lists)
         _print_summary(figures)
@@ -316,8 +301,7 @@ def run(config: BankConfig, force: bool = False) -> Path:
 
 def _fold_arrays(extra: dict[str, np.ndarray], m: Modality) -> dict[str, np.ndarray]:
     """A searcher's optional arrays for target m, each [folds, E, ...] (float32), by Searcher field name."""
-    fields = {"segment_keys": "segment_keys", "segment_weights": "segment_weights", "label_probs": "labels"}
-    return {field: extra[f"{name}/{m.value}"].astype(np.float32) for name, field in fields.items() if f"{name}/{m.value}" in extra}
+    return {name: extra[f"{name}/{m.value}"].astype(np.float32) for name in ENTRY_ARRAYS if f"{name}/{m.value}" in extra}
 
 
 def _searchers(
@@ -393,7 +377,7 @@ class Bank:
             # banks built before /own_video existed excluded by raw id
             own_video = list(h5["own_video"].asstr()[()]) if "own_video" in h5 else self._entry_ids
             self._keys = {m: h5[f"keys/{m.value}"][()].astype(np.float32) for m in MEDIA}
-            self._extra = {name: h5[name][()] for group in ("segment_keys", "segment_weights", "label_probs") if group in h5
+            self._extra = {name: h5[name][()] for group in ENTRY_ARRAYS if group in h5
                            for name in (f"{group}/{m.value}" for m in MEDIA)}  # fmt: skip
         with h5py.File(self.dir / NEIGHBOURS_FILE, "r") as h5:
             self._row = {video: i for i, video in enumerate(h5["video_id"].asstr()[()])}

@@ -72,3 +72,17 @@ def rerank_by_labels(
     z = (sims - sims.mean(axis=1, keepdims=True)) / (sims.std(axis=1, keepdims=True) + 1e-6)
     order = np.argsort(-(z + weight * agreement), axis=1, kind="stable")
     return np.take_along_axis(idx, order, axis=1), np.take_along_axis(sims, order, axis=1)
+
+
+def rescoring_figures(segments: bool, labels: list[str] | None, search: str) -> dict:
+    """The bank's meta.json entries for these options: how clips were scored, what the re-rank compared."""
+    figures: dict = {}
+    if segments:
+        figures["segment_keys"] = {
+            "score": "symmetric attention-weighted MaxSim over the binder's segment keys",
+            "candidates": "every entry (exact search)" if search != "hnsw"
+            else f"top {GATHER_FACTOR} x n (at least {GATHER_MIN}) by clip key, rescored exactly",
+        }  # fmt: skip
+    if labels is not None:
+        figures["rerank"] = {"labels": labels, "weight": RERANK_WEIGHT, "pool": RERANK_POOL}
+    return figures

@@ -55,7 +55,7 @@ class Searcher:
     threads: int = 1
     segment_keys: np.ndarray | None = None  # [E, T, D] L2-normalised per segment (--segment-keys)
     segment_weights: np.ndarray | None = None  # [E, T] their attention weights
-    labels: np.ndarray | None = None  # [E, C] weak-label probabilities of the entries (--rerank-labels)
+    label_probs: np.ndarray | None = None  # [E, C] weak-label probabilities of the entries (--rerank-labels)
     _empty: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # rows of a video not in the bank
 
     def limit(self) -> int:
@@ -191,7 +191,7 @@ def retrieve(
         found, scores = searchers[f].top(queries, ids, pool, exact, segments)
         if space.rerank:
             names = rerank_columns(space.binders[f].label_names)
-            found, scores = rerank_by_labels(found, scores, space.label_probs(queries, f, names), searchers[f].labels)
+            found, scores = rerank_by_labels(found, scores, space.label_probs(queries, f, names), searchers[f].label_probs)
         idx[rows], sims[rows] = found[:, :k], scores[:, :k]
     return idx, sims
 

@@ -28,18 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from imagebind_gpu import synthetic_clips  # noqa: E402
+from imagebind_gpu import small_imagebind, synthetic_clips  # noqa: E402
 
 from r2scp_cli.encoders import imagebind as ib  # noqa: E402
-
-
-def small_imagebind(module):
-    """imagebind_huge's architecture at width 256 and 4 blocks per trunk (depth, thermal, IMU tiny)."""
-    tiny = {f"{m}_{k}": v for m in ("depth", "thermal", "imu") for k, v in (("embed_dim", 32), ("num_blocks", 1), ("num_heads", 2))}
-    return module.ImageBindModel(
-        out_embed_dim=256, vision_embed_dim=256, vision_num_blocks=4, vision_num_heads=4, audio_embed_dim=256,
-        audio_num_blocks=4, audio_num_heads=4, text_embed_dim=256, text_num_blocks=4, text_num_heads=4, **tiny,
-    )  # fmt: skip
 
 
 def drift(fp32: np.ndarray, fp16: np.ndarray) -> str:

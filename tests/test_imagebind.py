@@ -25,8 +25,11 @@ from r2scp_cli.encoders.preprocessing import (
     CLIP_MEAN,
     CLIP_STD,
     clip_images,
+    clip_images_on,
     imagebind_audio,
+    imagebind_audio_on,
     kaldi_fbank,
+    kaldi_fbank_on,
     kaldi_frame_count,
     kaldi_mel_banks,
     segment_windows,
@@ -122,6 +125,57 @@ def test_images_resized_short_side_centre_cropped_and_clip_normalised():
     np.testing.assert_allclose(x[0, :, 100, 50], red, rtol=1e-5)
     np.testing.assert_allclose(x[0, :, 100, 180], blue, rtol=1e-5)
     assert 0 < np.abs(x[0, 0, 100, 108:117] - red[0]).max()  # the edge is near column 112
+
+
+def test_torch_fbank_and_audio_input_equal_numpy_within_float_rounding():
+    rng = np.random.default_rng(1)
+    t = np.arange(160_000) / 16_000
+    audio = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
+    waves = rng.standard_normal((3, 5_000)).astype(np.float32)
+    np.testing.assert_allclose(kaldi_fbank_on(torch.from_numpy(waves), 64).numpy(), kaldi_fbank(waves, 64), atol=2e-4)
+    for track, duration in ((audio, 10.0), (audio[:16_000], 1.0), (audio[:0], 1.0)):  # long, shorter than 2 s, empty
+        windows = torch.from_numpy(np.stack(segment_windows(track, duration, 8, 32_000)))
+        expected = imagebind_audio(track, duration, 8)
+        got = imagebind_audio_on(windows).numpy()
+        assert got.shape == expected.shape == (8, 1, 128, 204)
+        np.testing.assert_allclose(got, expected, atol=2e-4)
+
+
+@pytest.mark.parametrize("shape", [(224, 224), (112, 112), (180, 320), (300, 200), (100, 150)])
+def test_torch_images_within_two_grey_levels_of_pillow(shape):
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    smooth = np.stack([np.sin(yy / 7.0), np.cos(xx / 5.0), np.sin((xx + yy) / 11.0)], axis=-1) * 120 + 128
+    frames = np.stack([smooth.astype(np.uint8), rng.integers(0, 256, (*shape, 3), dtype=np.uint8)])  # smooth, noise
+    expected, got = clip_images(frames), clip_images_on(torch.from_numpy(frames)).numpy()
+    assert got.shape == expected.shape == (2, 3, 224, 224)
+    grey = np.abs(got - expected) * np.asarray(CLIP_STD, np.float32).reshape(1, 3, 1, 1) * 255
+    if shape == (224, 224):  # no resize on either side
+        assert grey.max() < 1e-3
+    assert grey.max() < 2.01 and (grey > 0.5).mean() < 0.01
+
+
+def test_adapter_prepared_with_torch_keeps_clip_order_and_matches_numpy():
+    clips = scene_clips(4)
+    rng = np.random.default_rng(3)
+    clips.insert(1, Clip("other-size", rng.integers(0, 256, (4, 90, 160, 3), dtype=np.uint8),
+                         (0.1 * rng.standard_normal(12_000)).astype(np.float32), 0.75))  # other frames, a short track
+    model = StandIn()
+    on_numpy = ib.ImageBindEncoder(model, toy_tokenizer, segments=4)
+    on_torch = ib.ImageBindEncoder(model, toy_tokenizer, segments=4, preprocess_with="torch")
+    assert on_numpy.preprocess_with == "numpy"  # a CPU device prepares with numpy unless told
+    assert on_torch.info.preprocessing["prepared_with"].startswith("torch on cpu")
+    assert on_torch.info.compatible(on_numpy.info)  # the same recipe: features can be mixed
+    spec_n, image_n = on_numpy.prepare(clips)
+    spec_t, image_t = on_torch.prepare(clips)
+    assert spec_t.shape == spec_n.shape == (12, 1, 128, 204) and image_t.shape == image_n.shape == (12, 3, 224, 224)
+    np.testing.assert_allclose(spec_t.numpy(), spec_n.numpy(), atol=2e-4)
+    assert (image_t - image_n).abs().max().item() < 2.01 / 255 / min(CLIP_STD)
+    for i, clip in enumerate(clips):  # rows stay in the clips' order when shapes are grouped
+        alone = on_torch.prepare([clip])
+        assert torch.equal(alone[0], spec_t[4 * i : 4 * i + 4]) and torch.equal(alone[1], image_t[4 * i : 4 * i + 4])
+    with pytest.raises(ValueError, match="preprocess_with"):
+        ib.ImageBindEncoder(model, toy_tokenizer, segments=4, preprocess_with="opencv")
 
 
 # --------------------------------------------------------------------------- a small model of ImageBind's interface

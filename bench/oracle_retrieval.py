@@ -1,70 +1,88 @@
 """How much does recovery gain when retrieval is right? A diagnostic on the built-in data.
 
-Builds (or reuses) the demo's data, features and bank, copies the bank, and replaces its neighbour
-lists by *oracle* lists read from scenes.jsonl: for recovering audio, the bank videos whose set of
-sounding instruments equals the query's (then the closest sets, by Jaccard similarity); for
-recovering visual, those whose visible instruments and positions match. The own video stays
-excluded. Then `zero`, `cmr` and `cmr+cap` are trained with the demo budget on the learned bank and
-on the oracle bank, and evaluated with audio or visual missing. The gap between the two banks is
-what better retrieval keys would buy; the gap to `zero` is what retrieval can add at all.
+Builds (or reuses) a demo directory's data, features, library and bank exactly as `r2scp demo` does
+(default: `pretrained` features, the demo's library and weak labels), copies the bank, and replaces
+its neighbour lists by lists read from the scenes (scenes.jsonl of the data and of the library):
 
-Usage: python bench/oracle_retrieval.py [DEMO_DIR] [--seeds N]   (default runs/demo, 1 seed)
+* ``oracle``: for recovering audio, the bank entries whose set of sounding instruments equals the
+  query's (then the closest sets, by Jaccard similarity); for recovering visual, those whose visible
+  instruments *and positions* match. This uses facts the present modality cannot reveal: the demo's
+  soundtrack is mono, so no key computed from sound can know where a player stands.
+* ``knowable``: each list matches only what the present modality can show: recovering visual, the
+  sounding instruments (heard); recovering audio, the visible instruments (seen), positions ignored.
+  Its gain is what perfect keys could buy on this data.
+
+The own video stays excluded, ties are broken at random. Then the chosen recovery methods are
+trained with the demo's budget and stage functions on each bank and evaluated complete, with audio
+and with visual missing; the learned bank's rows are the demo's own. `zero` does not retrieve, so it
+is trained on the learned bank only.
+
+Usage: python bench/oracle_retrieval.py [DEMO_DIR] [--encoder pretrained] [--seeds 3]
+           [--banks learned,oracle,knowable] [--recoveries zero,cmr,cmr+cap]   (default runs/demo)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
+import statistics
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from r2scp_cli import evaluate, extract, train
-from r2scp_cli.config import BankConfig, EvalConfig, ExtractConfig, SynthConfig, TrainExpertsConfig, TrainRouterConfig
+from r2scp_cli import artifacts, demo, extract
+from r2scp_cli.config import BankConfig, DemoConfig, ExtractConfig, SynthConfig
 from r2scp_cli.console import console
-from r2scp_cli.demo import DEFAULT
 from r2scp_cli.retrieval import bank as bank_stage
 from r2scp_cli.retrieval.bank import Bank
 from r2scp_cli.synth import dataset as synth
 from r2scp_cli.synth.dataset import read_scenes
 
-
-def scene_sets(data: Path) -> dict[str, dict[str, frozenset]]:
-    """video id -> what a recovered modality should match: sounding instruments / visible layout."""
-    sets = {}
-    for scene in read_scenes(data):
-        players = scene.to_json()["players"]
-        sets[scene.video_id] = {
-            "audio": frozenset(p["instrument"] for p in players if p["schedule"] != "silent"),
-            "visual": frozenset((p["instrument"], p["position"]) for p in players if p["position"]),
-        }
-    return sets
+SETTINGS = ("none", "audio", "visual")
 
 
-def oracle_lists(bank: Bank, sets: dict, query_ids: list[str], modality: str, n: int, seed: int):
+def scene_sets(folders: list[Path], kind: str) -> list[dict[str, dict[str, frozenset]]]:
+    """Per source folder (the data, then each library): video id -> the set a list for recovering
+    each modality should match (``kind``: oracle or knowable, see the module docstring)."""
+    out = []
+    for folder in folders:
+        sets = {}
+        for scene in read_scenes(folder):
+            players = scene.to_json()["players"]
+            heard = frozenset(p["instrument"] for p in players if p["schedule"] != "silent")
+            seen = frozenset(p["instrument"] for p in players if p["position"])
+            layout = frozenset((p["instrument"], p["position"]) for p in players if p["position"])
+            sets[scene.video_id] = {"audio": heard, "visual": layout} if kind == "oracle" else {"audio": seen, "visual": heard}
+        out.append(sets)
+    return out
+
+
+def oracle_lists(bank: Bank, sets: list[dict], query_ids: list[str], modality: str, n: int, seed: int):
     """Top-n entries by Jaccard similarity of the scene sets (random order among ties), own video out."""
-    entries = bank.entry_video_ids()
+    entries = [sets[source][video][modality] for source, video in zip(bank.entry_sources(), bank.entry_video_ids())]
+    own = [(source == 0, video) for source, video in zip(bank.entry_sources(), bank.entry_video_ids())]
     rng = np.random.default_rng(seed)
     index = np.zeros((len(query_ids), n), np.int64)
     sims = np.zeros((len(query_ids), n), np.float32)
     for row, query in enumerate(query_ids):
-        target = sets[query][modality]
+        target = sets[0][query][modality]
         scores = np.array([
-            -1.0 if video == query else len(target & sets[video][modality]) / max(1, len(target | sets[video][modality]))
-            for video in entries
+            -1.0 if own[j] == (True, query) else len(target & entry) / max(1, len(target | entry))
+            for j, entry in enumerate(entries)
         ])  # fmt: skip
         order = np.lexsort((rng.random(len(entries)), -scores))[:n]
         index[row], sims[row] = order, scores[order]
     return index, sims
 
 
-def make_oracle_bank(bank_dir: Path, data: Path, out: Path) -> Path:
+def make_oracle_bank(bank_dir: Path, folders: list[Path], out: Path, kind: str) -> Path:
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(bank_dir, out)
     bank = Bank.open(out)
-    sets = scene_sets(data)
+    sets = scene_sets(folders, kind)
     with h5py.File(out / bank_stage.NEIGHBOURS_FILE, "a") as h5:
         query_ids = list(h5["video_id"].asstr()[()])
         for modality in ("audio", "visual"):
@@ -75,50 +93,71 @@ def make_oracle_bank(bank_dir: Path, data: Path, out: Path) -> Path:
     return out
 
 
-def match_rate(bank_dir: Path, data: Path, modality: str, n: int = 5) -> float:
-    """Share of the top-n neighbours whose scene set equals the query's."""
-    bank, sets = Bank.open(bank_dir), scene_sets(data)
+def match_rate(bank_dir: Path, folders: list[Path], modality: str, kind: str, n: int = 5) -> float:
+    """Share of the top-n neighbours whose ``kind`` set for recovering ``modality`` equals the query's."""
+    bank, sets = Bank.open(bank_dir), scene_sets(folders, kind)
     with h5py.File(bank_dir / bank_stage.NEIGHBOURS_FILE, "r") as h5:
         query_ids = list(h5["video_id"].asstr()[()])
     index, _ = bank.neighbours(query_ids, modality)
-    entries = bank.entry_video_ids()
-    hits = [sets[entries[j]][modality] == sets[q][modality] for q, row in zip(query_ids, index) for j in row[:n]]
+    sources, entries = bank.entry_sources(), bank.entry_video_ids()
+    hits = [sets[sources[j]][entries[j]][modality] == sets[0][q][modality] for q, row in zip(query_ids, index) for j in row[:n]]
     return float(np.mean(hits))
+
+
+def prepare(root: Path, encoder: str, library_videos: int | None) -> tuple[Path, Path, list[Path], demo.Budget]:
+    """The demo's data, features, library and learned bank under ``root`` (reused when finished)."""
+    config = DemoConfig(out=root, encoder=encoder, library_videos=library_videos)
+    budget = demo.DEFAULT if library_videos is None else dataclasses.replace(demo.DEFAULT, library_videos=library_videos)
+    data = synth.run(SynthConfig(root / "data", videos=budget.videos, seed=0, size=budget.size))
+    features = extract.run(ExtractConfig(data, root / f"features-{encoder}.h5", encoder=encoder))
+    library = demo.prepare_library(config, budget)
+    learned = bank_stage.run(BankConfig(features, root / f"bank-{encoder}", library=library, check_recall=200,
+                                        weak_labels=demo.uses_weak_labels(config, features)))  # fmt: skip
+    folders = [data] + ([root / f"library-{budget.library_videos}"] if library else [])
+    return features, learned, folders, budget
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("root", nargs="?", default="runs/demo")
+    parser.add_argument("--encoder", default="pretrained")
+    parser.add_argument("--library-videos", type=int, default=None, help="default: the demo's")
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--banks", default="learned,oracle,knowable")
+    parser.add_argument("--recoveries", default="zero,cmr,cmr+cap")
     args = parser.parse_args()
-    root, budget = Path(args.root), DEFAULT
-    data = synth.run(SynthConfig(root / "data", videos=budget.videos, seed=0, size=budget.size))
-    features = extract.run(ExtractConfig(data, root / "features-handcrafted.h5"))
-    learned = bank_stage.run(BankConfig(features, root / "bank-handcrafted", check_recall=200))
-    oracle = make_oracle_bank(learned, data, root / "bank-oracle")
-    results = {}
-    for name, bank_dir in (("learned (bind)", learned), ("oracle", oracle)):
-        for recovery in ("zero", "cmr", "cmr+cap"):
-            if recovery == "zero" and name == "oracle":
+    root = Path(args.root)
+    features, learned, folders, budget = prepare(root, args.encoder, args.library_videos)
+    banks = {"learned": learned}
+    for kind in ("oracle", "knowable"):
+        if kind in args.banks.split(","):
+            banks[kind] = make_oracle_bank(learned, folders, root / f"bank-{args.encoder}-{kind}", kind)
+    results: dict[tuple, list[float]] = {}
+    for name in args.banks.split(","):
+        for recovery in args.recoveries.split(","):
+            if recovery == "zero" and name != "learned":
                 continue  # zero-fill does not retrieve
             for seed in range(args.seeds):
-                run = root / "oracle-bench" / f"{name.split()[0]}-{recovery}-seed{seed}"
-                console.quiet = True
-                experts = train.run_experts(TrainExpertsConfig(features, bank_dir, run / "experts", recovery=recovery,
-                                            seed=seed, epochs=budget.experts_epochs, d_model=budget.d_model))  # fmt: skip
-                router = train.run_router(TrainRouterConfig(experts, run / "router", seed=seed, epochs=budget.router_epochs))
-                for missing in ("audio", "visual"):
-                    out = evaluate.run(EvalConfig(router, run / f"eval-{missing}", missing=missing))
-                    accuracy = train.artifacts.read_json(out / "metrics.json")["metrics"]["overall"]["accuracy"]
-                    results.setdefault((name, recovery, missing), []).append(accuracy)
+                run_dir = root / f"runs-{args.encoder}" / f"{recovery}-seed{seed}" if name == "learned" else \
+                    root / "oracle-bench" / f"{name}-{recovery}-seed{seed}"  # the learned bank's runs are the demo's
+                job = demo.Job(recovery, seed, features, banks[name], run_dir, budget)
+                demo.train_and_evaluate(job, quiet=True)
                 console.quiet = False
-    for bank_dir, label in ((learned, "learned (bind)"), (oracle, "oracle")):
-        print(f"{label:<15} top-5 match rate: audio {match_rate(bank_dir, data, 'audio'):.3f}, "
-              f"visual {match_rate(bank_dir, data, 'visual'):.3f}")  # fmt: skip
-    print(f"{'bank':<15} {'recovery':<9} {'missing audio':>14} {'missing visual':>15}   (test accuracy %, mean over seeds)")
-    for (name, recovery) in sorted({(k[0], k[1]) for k in results}):
-        row = [np.mean(results[(name, recovery, m)]) for m in ("audio", "visual")]
-        print(f"{name:<15} {recovery:<9} {row[0]:>14.2f} {row[1]:>15.2f}")
+                for missing in SETTINGS:
+                    metrics = artifacts.read_json(run_dir / f"eval-{missing}" / "metrics.json")
+                    results.setdefault((name, recovery, missing), []).append(metrics["metrics"]["overall"]["accuracy"])
+    for name, bank_dir in banks.items():
+        rates = [match_rate(bank_dir, folders, m, kind) for kind in ("oracle", "knowable") for m in ("audio", "visual")]
+        print(f"{name:<9} top-5 match: sounding set {rates[0]:.3f}, visible layout {rates[1]:.3f}; "
+              f"visible set {rates[2]:.3f}, visual by sounding set {rates[3]:.3f}")  # fmt: skip
+    print(f"test accuracy %, mean ± std over {args.seeds} seed(s): bank, recovery, complete / missing audio / missing visual")
+    for name, recovery in dict.fromkeys((k[0], k[1]) for k in results):
+        cells = []
+        for missing in SETTINGS:
+            values = results[(name, recovery, missing)]
+            spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+            cells.append(f"{np.mean(values):.2f}{spread}")
+        print(f"{name:<9} {recovery:<8} " + " / ".join(cells))
 
 
 if __name__ == "__main__":

@@ -297,19 +297,19 @@ class ImageBindEncoder:
         return self.prepare_audio(clips), self.prepare_images(clips)
 
     def prepare_audio(self, clips: list[Clip]) -> torch.Tensor:
+        """Spectrograms [N * T, 1, 128, 204]: one 2-s window per segment (see the module docstring)."""
         if self.preprocess_with == "numpy":
-            return torch.from_numpy(np.concatenate(list(self._pool.map(self._spectrograms, clips))))
+            spectrograms = self._pool.map(lambda c: imagebind_audio(c.audio, c.duration, self.segments), clips)
+            return torch.from_numpy(np.concatenate(list(spectrograms)))
         length = int(IMAGEBIND_AUDIO["clip_seconds"] * AUDIO_RATE)
         windows = [np.stack(segment_windows(c.audio, c.duration, self.segments, length)) for c in clips]
         return _stacked_by_shape(imagebind_audio_on, windows, self.device)
 
     def prepare_images(self, clips: list[Clip]) -> torch.Tensor:
+        """Images [N * T, 3, 224, 224]: each segment's frame, short side resized, centre-cropped."""
         if self.preprocess_with == "numpy":
             return torch.from_numpy(np.concatenate(list(self._pool.map(lambda c: clip_images(c.frames, IMAGE_SIZE), clips))))
         return _stacked_by_shape(lambda f: clip_images_on(f, IMAGE_SIZE), [c.frames for c in clips], self.device)
-
-    def _spectrograms(self, clip: Clip) -> np.ndarray:
-        return imagebind_audio(clip.audio, clip.duration, self.segments)
 
     def _out_dim(self) -> int:
         head = self.model.modality_heads[TEXT].proj

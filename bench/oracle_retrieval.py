@@ -24,7 +24,6 @@ Usage: python bench/oracle_retrieval.py [DEMO_DIR] [--encoder pretrained] [--see
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shutil
 import statistics
 from pathlib import Path
@@ -32,12 +31,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from r2scp_cli import artifacts, demo, extract
-from r2scp_cli.config import BankConfig, DemoConfig, ExtractConfig, SynthConfig
+from r2scp_cli import artifacts, demo
+from r2scp_cli.config import DemoConfig
 from r2scp_cli.console import console
 from r2scp_cli.retrieval import bank as bank_stage
 from r2scp_cli.retrieval.bank import Bank
-from r2scp_cli.synth import dataset as synth
 from r2scp_cli.synth.dataset import read_scenes
 
 SETTINGS = ("none", "audio", "visual")
@@ -61,28 +59,26 @@ def scene_sets(folders: list[Path], kind: str) -> list[dict[str, dict[str, froze
 
 def oracle_lists(bank: Bank, sets: list[dict], query_ids: list[str], modality: str, n: int, seed: int):
     """Top-n entries by Jaccard similarity of the scene sets (random order among ties), own video out."""
-    entries = [sets[source][video][modality] for source, video in zip(bank.entry_sources(), bank.entry_video_ids())]
-    own = [(source == 0, video) for source, video in zip(bank.entry_sources(), bank.entry_video_ids())]
+    sources, videos = bank.entry_sources(), np.asarray(bank.entry_video_ids(), dtype=object)
+    entries = [sets[source][video][modality] for source, video in zip(sources, videos)]
     rng = np.random.default_rng(seed)
     index = np.zeros((len(query_ids), n), np.int64)
     sims = np.zeros((len(query_ids), n), np.float32)
     for row, query in enumerate(query_ids):
         target = sets[0][query][modality]
-        scores = np.array([
-            -1.0 if own[j] == (True, query) else len(target & entry) / max(1, len(target | entry))
-            for j, entry in enumerate(entries)
-        ])  # fmt: skip
+        scores = np.array([len(target & entry) / max(1, len(target | entry)) for entry in entries])
+        scores[(sources == 0) & (videos == query)] = -1.0  # the own video
         order = np.lexsort((rng.random(len(entries)), -scores))[:n]
         index[row], sims[row] = order, scores[order]
     return index, sims
 
 
-def make_oracle_bank(bank_dir: Path, folders: list[Path], out: Path, kind: str) -> Path:
+def make_oracle_bank(bank_dir: Path, sets: list[dict], out: Path) -> Path:
+    """A copy of the bank whose neighbour lists are the scene-set ``oracle_lists``."""
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(bank_dir, out)
     bank = Bank.open(out)
-    sets = scene_sets(folders, kind)
     with h5py.File(out / bank_stage.NEIGHBOURS_FILE, "a") as h5:
         query_ids = list(h5["video_id"].asstr()[()])
         for modality in ("audio", "visual"):
@@ -93,9 +89,9 @@ def make_oracle_bank(bank_dir: Path, folders: list[Path], out: Path, kind: str) 
     return out
 
 
-def match_rate(bank_dir: Path, folders: list[Path], modality: str, kind: str, n: int = 5) -> float:
-    """Share of the top-n neighbours whose ``kind`` set for recovering ``modality`` equals the query's."""
-    bank, sets = Bank.open(bank_dir), scene_sets(folders, kind)
+def match_rate(bank_dir: Path, sets: list[dict], modality: str, n: int = 5) -> float:
+    """Share of the top-n neighbours whose set (of ``sets``) for recovering ``modality`` equals the query's."""
+    bank = Bank.open(bank_dir)
     with h5py.File(bank_dir / bank_stage.NEIGHBOURS_FILE, "r") as h5:
         query_ids = list(h5["video_id"].asstr()[()])
     index, _ = bank.neighbours(query_ids, modality)
@@ -105,15 +101,12 @@ def match_rate(bank_dir: Path, folders: list[Path], modality: str, kind: str, n:
 
 
 def prepare(root: Path, encoder: str, library_videos: int | None) -> tuple[Path, Path, list[Path], demo.Budget]:
-    """The demo's data, features, library and learned bank under ``root`` (reused when finished)."""
+    """The demo's data, features, library and learned bank under ``root`` (reused when finished), and
+    the folders whose scenes the bank's entries come from (the data's, then the library's)."""
     config = DemoConfig(out=root, encoder=encoder, library_videos=library_videos)
-    budget = demo.DEFAULT if library_videos is None else dataclasses.replace(demo.DEFAULT, library_videos=library_videos)
-    data = synth.run(SynthConfig(root / "data", videos=budget.videos, seed=0, size=budget.size))
-    features = extract.run(ExtractConfig(data, root / f"features-{encoder}.h5", encoder=encoder))
-    library = demo.prepare_library(config, budget)
-    learned = bank_stage.run(BankConfig(features, root / f"bank-{encoder}", library=library, check_recall=200,
-                                        weak_labels=demo.uses_weak_labels(config, features)))  # fmt: skip
-    folders = [data] + ([root / f"library-{budget.library_videos}"] if library else [])
+    budget = demo.budget_for(config)
+    features, learned = demo.prepare_bank(config, budget)
+    folders = [root / "data"] + ([demo.library_folder(config, budget)] if budget.library_videos else [])
     return features, learned, folders, budget
 
 
@@ -128,10 +121,11 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.root)
     features, learned, folders, budget = prepare(root, args.encoder, args.library_videos)
+    sets = {kind: scene_sets(folders, kind) for kind in ("oracle", "knowable")}
     banks = {"learned": learned}
     for kind in ("oracle", "knowable"):
         if kind in args.banks.split(","):
-            banks[kind] = make_oracle_bank(learned, folders, root / f"bank-{args.encoder}-{kind}", kind)
+            banks[kind] = make_oracle_bank(learned, sets[kind], root / f"bank-{args.encoder}-{kind}")
     results: dict[tuple, list[float]] = {}
     for name in args.banks.split(","):
         for recovery in args.recoveries.split(","):
@@ -147,7 +141,7 @@ def main() -> None:
                     metrics = artifacts.read_json(run_dir / f"eval-{missing}" / "metrics.json")
                     results.setdefault((name, recovery, missing), []).append(metrics["metrics"]["overall"]["accuracy"])
     for name, bank_dir in banks.items():
-        rates = [match_rate(bank_dir, folders, m, kind) for kind in ("oracle", "knowable") for m in ("audio", "visual")]
+        rates = [match_rate(bank_dir, sets[kind], m) for kind in ("oracle", "knowable") for m in ("audio", "visual")]
         print(f"{name:<9} top-5 match: sounding set {rates[0]:.3f}, visible layout {rates[1]:.3f}; "
               f"visible set {rates[2]:.3f}, visual by sounding set {rates[3]:.3f}")  # fmt: skip
     print(f"test accuracy %, mean ± std over {args.seeds} seed(s): bank, recovery, complete / missing audio / missing visual")

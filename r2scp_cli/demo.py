@@ -158,15 +158,19 @@ def resolve_encoder(name: str) -> str:
     return "handcrafted"
 
 
+def library_folder(config: DemoConfig, budget: Budget) -> Path:
+    """Where the demo synthesises its library clips (their scenes.jsonl included)."""
+    return Path(config.out) / f"library-{budget.library_videos}"
+
+
 def prepare_library(config: DemoConfig, budget: Budget) -> tuple[Path, ...]:
     """The bank's library: clips synthesised with another seed (no questions), extracted with the
     dataset's encoder at the same frame size; () when the budget has none."""
     if not budget.library_videos:
         return ()
-    name = f"library-{budget.library_videos}"
-    clips = synth.run(SynthConfig(Path(config.out) / name, videos=budget.library_videos, seed=LIBRARY_SEED,
-                                  size=budget.size, library=True))  # fmt: skip
-    out = Path(config.out) / f"{name}-{config.encoder}.h5"
+    folder = library_folder(config, budget)
+    clips = synth.run(SynthConfig(folder, videos=budget.library_videos, seed=LIBRARY_SEED, size=budget.size, library=True))
+    out = folder.with_name(f"{folder.name}-{config.encoder}.h5")
     return (extract.run(ExtractConfig(clips, out, encoder=config.encoder, library=True)),)
 
 
@@ -180,11 +184,8 @@ def uses_weak_labels(config: DemoConfig, features: Path) -> bool:
         return resolve_key_mode("auto", store.info, features) == "bind"
 
 
-def run(config: DemoConfig, budget: Budget | None = None, workers: int | None = None) -> Path:
-    """Run the whole chain under ``config.out`` and print the report table; returns the report dir."""
-    if config.seeds < 1:
-        raise UserError(f"--seeds {config.seeds}: must be at least 1")
-    config = dataclasses.replace(config, encoder=resolve_encoder(config.encoder))
+def budget_for(config: DemoConfig, budget: Budget | None = None) -> Budget:
+    """``budget`` (else the default or the quick one) with the config's --videos and --library-videos."""
     budget = budget or (QUICK if config.quick else DEFAULT)
     if config.videos is not None:
         budget = dataclasses.replace(budget, videos=config.videos)
@@ -192,16 +193,33 @@ def run(config: DemoConfig, budget: Budget | None = None, workers: int | None = 
         if config.library_videos < 0:
             raise UserError(f"--library-videos {config.library_videos}: must be 0 (no library) or more")
         budget = dataclasses.replace(budget, library_videos=config.library_videos)
-    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+    return budget
+
+
+def prepare_bank(config: DemoConfig, budget: Budget) -> tuple[Path, Path]:
+    """synth -> extract -> (library) -> build-bank under ``config.out``: the features file and the bank
+    (finished stages are reused)."""
     out = Path(config.out)
-    library_note = f", a library of {budget.library_videos} clips" if budget.library_videos else ""
-    console.rule(f"r2scp demo: {budget.videos} clips{library_note}, {config.encoder} features, {config.format}")
     data = synth.run(SynthConfig(out / "data", videos=budget.videos, seed=0, size=budget.size, format=config.format))
     features = extract.run(
         ExtractConfig(data, out / f"features-{config.encoder}.h5", encoder=config.encoder, format=config.format)
     )
     memory = bank.run(BankConfig(features, out / f"bank-{config.encoder}", library=prepare_library(config, budget),
                                  check_recall=200, weak_labels=uses_weak_labels(config, features)))  # fmt: skip
+    return features, memory
+
+
+def run(config: DemoConfig, budget: Budget | None = None, workers: int | None = None) -> Path:
+    """Run the whole chain under ``config.out`` and print the report table; returns the report dir."""
+    if config.seeds < 1:
+        raise UserError(f"--seeds {config.seeds}: must be at least 1")
+    config = dataclasses.replace(config, encoder=resolve_encoder(config.encoder))
+    budget = budget_for(config, budget)
+    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+    out = Path(config.out)
+    library_note = f", a library of {budget.library_videos} clips" if budget.library_videos else ""
+    console.rule(f"r2scp demo: {budget.videos} clips{library_note}, {config.encoder} features, {config.format}")
+    features, memory = prepare_bank(config, budget)
     runs = out / f"runs-{config.encoder}"
     by_cost = ("cmr+cap", "cap", "cmr", "generative", "zero")  # longest first keeps both workers busy
     jobs = [

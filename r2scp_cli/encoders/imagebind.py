@@ -383,12 +383,12 @@ def _stacked_by_shape(prepare: Callable[[torch.Tensor], torch.Tensor], arrays: l
         groups.setdefault(array.shape, []).append(index)
     rows: list[torch.Tensor | None] = [None] * len(arrays)
     for members in groups.values():
-        first = torch.from_numpy(np.asarray(arrays[members[0]]))
+        first = torch.from_numpy(arrays[members[0]])
         # stacked into page-locked memory on CUDA, so the copy does not hold the host up
         host = torch.empty((len(members) * len(first), *first.shape[1:]), dtype=first.dtype, pin_memory=device.type == "cuda")
         np.concatenate([arrays[i] for i in members], out=host.numpy())
         prepared = prepare(host.to(device, non_blocking=True))
-        for chunk, index in zip(prepared.split(len(arrays[members[0]])), members):
+        for chunk, index in zip(prepared.split(len(first)), members):
             rows[index] = chunk
     return torch.cat(rows)
 

@@ -275,7 +275,8 @@ def run(config: BankConfig, force: bool = False) -> Path:
             keys[m] = space.keys(entries.fetch(), m).astype(config.key_dtype)
             for name, values in space.entry_arrays(entries.fetch(), m, keys[m]).items():  # segment keys in --key-dtype too
                 extra[f"{name}/{m.value}"] = values.astype(config.key_dtype) if name == "segment_keys" else values
-            searchers, search = _searchers(keys[m].astype(np.float32, copy=False), own_rows, config, out, m, _fold_arrays(extra, m))
+            fold_arrays = _fold_arrays(extra, m, len(keys[m]))
+            searchers, search = _searchers(keys[m].astype(np.float32, copy=False), own_rows, config, out, m, fold_arrays)
             lists[m] = _neighbour_lists(space, searchers, fetch_of, query_ids, config, search, m)
             figures[m.value] = {"key_quality": key_quality(space, store, diagnostic, m)}
             if searchers[0].index is not None and config.check_recall > 0:
@@ -299,14 +300,15 @@ def run(config: BankConfig, force: bool = False) -> Path:
     return out
 
 
-def _fold_arrays(extra: dict[str, np.ndarray], m: Modality) -> dict[str, np.ndarray]:
-    """A searcher's optional arrays for target m, each [folds, E, ...] (float32), by Searcher field name."""
-    return {name: extra[f"{name}/{m.value}"].astype(np.float32) for name in ENTRY_ARRAYS if f"{name}/{m.value}" in extra}
+def _fold_arrays(extra: dict[str, np.ndarray], m: Modality, folds: int) -> list[dict[str, np.ndarray]]:
+    """Per fold, a searcher's optional arrays for target m (float32), by Searcher field name."""
+    arrays = {name: extra[f"{name}/{m.value}"].astype(np.float32) for name in ENTRY_ARRAYS if f"{name}/{m.value}" in extra}
+    return [{name: values[f] for name, values in arrays.items()} for f in range(folds)]
 
 
 def _searchers(
     keys: np.ndarray, own_rows: dict[str, np.ndarray], config: BankConfig, out: Path, m: Modality,
-    arrays: dict[str, np.ndarray] | None = None,
+    arrays: list[dict[str, np.ndarray]] | None = None,
 ) -> tuple[list[Searcher], str]:
     """One searcher per fold, its HNSW index saved in ``out``; exact search when asked, or when the
     beam would cover the bank anyway (DESIGN section 9: small banks). ``arrays``: per-fold segment keys,
@@ -318,8 +320,7 @@ def _searchers(
         if index is not None:
             with artifacts.atomic_path(out / index_file(m, f)) as tmp:
                 index.save_index(str(tmp))
-        fold = {field: values[f] for field, values in (arrays or {}).items()}
-        searchers.append(Searcher(fold_keys, own_rows, index, config.ef, config.threads, **fold))
+        searchers.append(Searcher(fold_keys, own_rows, index, config.ef, config.threads, **(arrays[f] if arrays else {})))
     return searchers, "exact" if config.exact else "exact (small bank)" if small else "hnsw"
 
 
@@ -476,10 +477,9 @@ class Bank:
     def _fold_searchers(self, m: Modality) -> list[Searcher]:
         if m not in self._searchers:
             params = self.meta["index"][m.value]
-            searchers, arrays = [], _fold_arrays(self._extra, m)
+            searchers, arrays = [], _fold_arrays(self._extra, m, len(self._keys[m]))
             for f, keys in enumerate(self._keys[m]):
                 index = load_index(self.dir / index_file(m, f), params["dim"], params["ef"]) if params["built"] else None
-                fold = {field: values[f] for field, values in arrays.items()}
-                searchers.append(Searcher(keys, self._own_rows, index, params["ef"], params["build_threads"], **fold))
+                searchers.append(Searcher(keys, self._own_rows, index, params["ef"], params["build_threads"], **arrays[f]))
             self._searchers[m] = searchers
         return self._searchers[m]

@@ -40,7 +40,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from r2scp_cli.config import BankConfig, Modality  # noqa: E402
+from r2scp_cli.config import BankConfig, Modality, keep_freed_memory  # noqa: E402
 from r2scp_cli.retrieval.bank import index_file, memory_figures  # noqa: E402
 from r2scp_cli.retrieval.binder import BinderConfig  # noqa: E402
 from r2scp_cli.retrieval.search import Searcher, build_index, ef_for  # noqa: E402
@@ -121,6 +121,7 @@ def print_defaults(sizes: list[int], args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    keep_freed_memory()  # as every r2scp command does
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000", help="comma-separated bank sizes")
     parser.add_argument("--dims", default="512,1024", help="comma-separated key dims")

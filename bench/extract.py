@@ -20,7 +20,7 @@ from pathlib import Path
 
 from r2scp_cli import extract
 from r2scp_cli.artifacts import meta_path
-from r2scp_cli.config import ExtractConfig, SynthConfig
+from r2scp_cli.config import ExtractConfig, SynthConfig, keep_freed_memory
 from r2scp_cli.encoders.handcrafted import HandcraftedEncoder
 from r2scp_cli.media import decode_clip
 from r2scp_cli.synth import dataset as synth
@@ -49,6 +49,7 @@ def per_clip_costs(root: Path, segments: int, repeats: int = 40) -> dict[str, fl
 
 
 def main() -> None:
+    keep_freed_memory()  # as every r2scp command does
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=200)
     parser.add_argument("--segments", type=int, default=8)

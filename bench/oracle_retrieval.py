@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 
 from r2scp_cli import artifacts, demo
-from r2scp_cli.config import DemoConfig
+from r2scp_cli.config import DemoConfig, keep_freed_memory
 from r2scp_cli.console import console
 from r2scp_cli.retrieval import bank as bank_stage
 from r2scp_cli.retrieval.bank import Bank
@@ -111,6 +111,7 @@ def prepare(root: Path, encoder: str, library_videos: int | None) -> tuple[Path,
 
 
 def main() -> None:
+    keep_freed_memory()  # as every r2scp command does
     parser = argparse.ArgumentParser()
     parser.add_argument("root", nargs="?", default="runs/demo")
     parser.add_argument("--encoder", default="pretrained")

@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 
 from r2scp_cli import artifacts, extract
-from r2scp_cli.config import BankConfig, ExtractConfig, Modality, SynthConfig
+from r2scp_cli.config import BankConfig, ExtractConfig, Modality, SynthConfig, keep_freed_memory
 from r2scp_cli.features import FeatureStore
 from r2scp_cli.retrieval import bank
 from r2scp_cli.synth import dataset as synth
@@ -106,6 +106,7 @@ def libraries(root: Path, sizes: list[int], encoder: str, size: int) -> tuple[di
 
 
 def main() -> None:
+    keep_freed_memory()  # as every r2scp command does
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", type=int, default=400)
     parser.add_argument("--encoder", default="handcrafted")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from r2scp_cli.config import SynthConfig
+from r2scp_cli.config import SynthConfig, keep_freed_memory
 from r2scp_cli.media import write_mp4
 from r2scp_cli.synth import dataset as synth
 from r2scp_cli.synth.picture import render_frames
@@ -46,6 +46,7 @@ def step_costs(config: SynthConfig, sample: int) -> dict[str, float]:
 
 
 def main() -> None:
+    keep_freed_memory()  # as every r2scp command does
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=synth.WORKERS)

@@ -17,7 +17,7 @@ import torch
 
 from r2scp_cli import extract
 from r2scp_cli.batches import limit_cpu_threads, make_batch, predict
-from r2scp_cli.config import RECOVERY_METHODS, BankConfig, ExtractConfig, SynthConfig, TrainExpertsConfig
+from r2scp_cli.config import RECOVERY_METHODS, BankConfig, ExtractConfig, SynthConfig, TrainExpertsConfig, keep_freed_memory
 from r2scp_cli.model import R2ScP
 from r2scp_cli.retrieval import bank as bank_stage
 from r2scp_cli.synth import dataset as synth
@@ -103,6 +103,7 @@ def bench_method(recovery: str, features: Path, bank_dir: Path) -> dict:
 
 
 def main() -> None:
+    keep_freed_memory()  # as every r2scp command does
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs/bench-train")
     features, bank_dir = prepare(root)
     limit_cpu_threads("cpu")

@@ -21,6 +21,7 @@ from .config import (
     SynthConfig,
     TrainExpertsConfig,
     TrainRouterConfig,
+    keep_freed_memory,
 )
 from .console import console
 from .errors import UserError
@@ -73,6 +74,7 @@ def main(
     ] = None,
 ) -> None:
     """R2ScP: retrieve, purify and route to answer audio-visual questions with a missing modality."""
+    keep_freed_memory()
 
 
 @app.command()

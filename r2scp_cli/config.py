@@ -24,9 +24,9 @@ def usable_cores() -> int:
 
 
 # glibc hands freed blocks of 128 KiB and more (mmap) and the heap's free top (trim) back to the kernel at
-# once, so each batch's arrays were faulted in again page by page: the demo's extraction spent 26 of its 109
-# CPU seconds in the kernel (10.9 million page faults for 400 clips). Kept in the process up to these
-# sizes: 0.3 million faults, 2 s in the kernel, the same peak memory, the same features bit for bit.
+# once, so each batch's arrays were faulted in again page by page: the demo's extraction spent 24 of its 105
+# CPU seconds in the kernel (10.2 million page faults for 400 clips; bench/allocator.py). Kept in the process
+# up to these sizes: 0.33 million faults, 1.8 s in the kernel, the same peak memory, the same features.
 MMAP_THRESHOLD = 256 << 20
 TRIM_THRESHOLD = 1 << 30
 GLIBC_MALLOC = f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD}:glibc.malloc.trim_threshold={TRIM_THRESHOLD}"
@@ -44,7 +44,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
-    # glibc before 2.36 caps the mmap threshold at 32 MiB through mallopt
+    # an older glibc may refuse an mmap threshold above 32 MiB (half its largest heap) through mallopt
     if not (mallopt(m_mmap_threshold, MMAP_THRESHOLD) or mallopt(m_mmap_threshold, 32 << 20)):
         return False
     mallopt(m_trim_threshold, TRIM_THRESHOLD)

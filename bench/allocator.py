@@ -37,9 +37,9 @@ def run_cli(arguments: list[str], tunables: str | None) -> dict[str, float]:
     child = subprocess.Popen([sys.executable, "-m", "r2scp_cli", *arguments], env=env, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(child.pid, 0)  # this command's own figures, its waited-for workers included
     wall = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode:
-        raise SystemExit(f"r2scp {' '.join(arguments)} failed ({child.returncode})")
+    code = os.waitstatus_to_exitcode(status)
+    if code:
+        raise SystemExit(f"r2scp {' '.join(arguments)} failed ({code})")
     return {"wall": wall, "user": usage.ru_utime, "system": usage.ru_stime, "faults": usage.ru_minflt,
             "peak_mib": usage.ru_maxrss / 1024}
 

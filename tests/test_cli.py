@@ -1,9 +1,16 @@
-"""The command line: help, version, and one-line errors."""
+"""The command line: help, version, one-line errors, and the allocator setting every command makes."""
 
+import json
+import os
+import subprocess
+import sys
+
+import pytest
 from typer.testing import CliRunner
 
 from r2scp_cli import __version__
 from r2scp_cli.cli import app
+from r2scp_cli.config import GLIBC_MALLOC
 
 runner = CliRunner()
 SUBCOMMANDS = ("synth", "extract", "build-bank", "train-experts", "train-router", "eval", "report", "demo", "doctor")
@@ -64,11 +71,6 @@ print(json.dumps({"kept": kept, "faults": faults, "tunables": os.environ.get("GL
 
 
 def _allocate(mode: str, tunables: str | None = None) -> dict:
-    import json
-    import os
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     if tunables:
         env["GLIBC_TUNABLES"] = tunables
@@ -77,12 +79,6 @@ def _allocate(mode: str, tunables: str | None = None) -> dict:
 
 
 def test_freed_memory_is_kept_for_reuse_and_started_processes_inherit_it():
-    import sys
-
-    import pytest
-
-    from r2scp_cli.config import GLIBC_MALLOC
-
     if not sys.platform.startswith("linux"):
         pytest.skip("glibc's malloc settings apply on Linux")
     default, kept = _allocate("default"), _allocate("keep")

@@ -308,7 +308,7 @@ def _fold_arrays(extra: dict[str, np.ndarray], m: Modality, folds: int) -> list[
 
 def _searchers(
     keys: np.ndarray, own_rows: dict[str, np.ndarray], config: BankConfig, out: Path, m: Modality,
-    arrays: list[dict[str, np.ndarray]] | None = None,
+    arrays: list[dict[str, np.ndarray]],
 ) -> tuple[list[Searcher], str]:
     """One searcher per fold, its HNSW index saved in ``out``; exact search when asked, or when the
     beam would cover the bank anyway (DESIGN section 9: small banks). ``arrays``: per-fold segment keys,
@@ -320,7 +320,7 @@ def _searchers(
         if index is not None:
             with artifacts.atomic_path(out / index_file(m, f)) as tmp:
                 index.save_index(str(tmp))
-        searchers.append(Searcher(fold_keys, own_rows, index, config.ef, config.threads, **(arrays[f] if arrays else {})))
+        searchers.append(Searcher(fold_keys, own_rows, index, config.ef, config.threads, **arrays[f]))
     return searchers, "exact" if config.exact else "exact (small bank)" if small else "hnsw"
 
 

@@ -21,6 +21,8 @@ from .features import FeatureStore
 from .model import EXPERTS, MEDIA, MISSING_CODES, ModelConfig, R2ScP
 from .retrieval.bank import Bank
 
+# A fill entry "matches" when its key is among this share of the bank's keys closest to the truth's key.
+MATCH_SHARE = 0.1
 MEMORY_BUDGET = 4 << 30  # video tokens are held in memory below this size, read per batch above it
 
 
@@ -196,6 +198,10 @@ def make_batch(
             lists = {"candidates": entries}
             if training:
                 lists["negatives"] = bank.negatives(vids[rows], m)[:, : cfg.n]
+                if cfg.trusts:  # the trust's target (train-experts --trust-match): which fills resemble the truth
+                    for name in ("candidates", "negatives"):
+                        match = bank.fill_matches(vids[rows], m, lists[name][:, : cfg.n], MATCH_SHARE)
+                        rec[f"{name}_match"] = torch.from_numpy(match)
             # Rows share neighbours: each bank entry of the batch is read (and projected) once.
             unique, inverse = np.unique(np.concatenate([ids.ravel() for ids in lists.values()]), return_inverse=True)
             rec["values"] = torch.from_numpy(bank.gather(m, unique))  # [U, T, D_m]

@@ -232,6 +232,9 @@ def train_experts(
     partial: TrainPartial = 1.0,
     trust: Annotated[bool, typer.Option(
         "--trust/--no-trust", help="cmr, cmr+cap: learn a trust that scales each fill toward zero-fill.")] = False,
+    trust_match: Annotated[float, typer.Option(
+        help="With --trust: weight of a loss teaching the trust whether each fill resembles the lost modality "
+             "(its bank key among the 10 % closest to the truth's).")] = 0.0,
     router_holdout: Annotated[float, typer.Option(
         help="Share of the train videos stage 1 leaves out; train-router then learns on them alone.")] = 0.0,
     noise_aux: Annotated[float, typer.Option(
@@ -245,7 +248,7 @@ def train_experts(
     config = TrainExpertsConfig(
         features, bank, out, recovery, p_missing, n, rho, lambda_rank, margin, d_model,
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, simulate=simulate, partial=partial,
-        trust=trust, router_holdout=router_holdout, noise_aux=noise_aux,
+        trust=trust, router_holdout=router_holdout, noise_aux=noise_aux, trust_match=trust_match,
     )
     stage.run_experts(config, force=force, resume=resume)
 

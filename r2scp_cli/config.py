@@ -193,6 +193,7 @@ class TrainExpertsConfig(StageConfig):
     trust: bool = False  # cmr / cmr+cap: a learned trust scales each fill toward zero-fill
     router_holdout: float = 0.0  # share of the train videos kept from stage 1 for stage 2 to learn on
     noise_aux: float = 0.0  # cap, cmr+cap: weight of CAP's noise-identification loss (swapped-token bursts)
+    trust_match: float = 0.0  # with --trust: weight of the trust's cross-entropy against whether the fill resembles the truth
 
 
 @dataclass(frozen=True)

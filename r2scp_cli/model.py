@@ -468,7 +468,7 @@ class R2ScP(nn.Module):
             confidence[m] = confidence[m].index_put((rows,), conf)
             flags[rows, MEDIA.index(m)] = 1.0
             out["recovery"][m] = {"h": h_rec, "confidence": conf, "generated": generated, "context": context,
-                                  "values": values}  # fmt: skip
+                                  "values": values, "trust": context.get("trust")}  # fmt: skip
         h = {m: self.experts[m](tokens[m], q_global[m], flags[:, i], confidence[m]) for i, m in enumerate(MEDIA) if m in experts}
         if "text" in experts:
             q_tokens = self.projection["text"](batch["q_tokens"]) * text_present[:, None, None]

@@ -27,14 +27,12 @@ from .config import RECOVERY_METHODS, TrainExpertsConfig, TrainRouterConfig
 from .console import console, progress_bar
 from .errors import UserError
 from .features import FeatureStore
-from .model import EXPERTS, MEDIA, MISSING_CODES, OTHER, ModelConfig, R2ScP, ranking_loss
+from .losses import stage_one_loss
+from .model import EXPERTS, MEDIA, ModelConfig, R2ScP
 from .protocols import check_simulation, simulate
 from .retrieval.bank import Bank
 
 SETTINGS = ("none", "audio", "visual")  # model selection: mean val accuracy over these (complete first)
-
-
-# --------------------------------------------------------------------------- data
 
 
 # --------------------------------------------------------------------------- building a run
@@ -211,79 +209,6 @@ def validate(model, data: RunData, stage: int, batch_size: int, device: str) -> 
     return scores
 
 
-# --------------------------------------------------------------------------- losses
-
-
-def expert_losses(model: R2ScP, batch: dict, out: dict, lambda_rank: float, margin: float,
-                  noise_aux: float = 0.0) -> dict[str, torch.Tensor]:  # fmt: skip
-    """Each expert's own stage-1 loss: its cross-entropy, + lambda * the ranking loss of its retrieved
-    fills, + the MSE of the generative baseline's pseudo tokens to the real ones (+ noise_aux * CAP's
-    noise-identification loss). The experts are pre-trained independently: every parameter receives
-    gradient from one of these losses only."""
-    answer = batch["answer"]
-    losses = {m: F.cross_entropy(out["expert_logits"][m], answer) for m in EXPERTS}
-    if noise_aux > 0 and model.cfg.purifies:
-        for m in MEDIA:
-            found = noise_identification_loss(model, batch, m)
-            if found is not None:
-                losses[m] = losses[m] + noise_aux * found
-    for m, rec in batch["recover"].items():
-        r = out["recovery"][m]
-        if r["generated"] is not None:
-            losses[m] = losses[m] + F.mse_loss(r["generated"], model.projection[m].standardise(rec["real"]))
-        if model.cfg.retrieves and lambda_rank > 0:
-            rows = rec["rows"]
-            truth = answer[rows]
-            options = batch["options"][rows] if "options" in batch else None
-            # The three passes differ only in the recovered tokens (DESIGN section 6): the same "recovered"
-            # flag, the same confidence inputs (the retrieved fill's) and, for the random fill, the same
-            # CMR weights. With flag 0 and confidence 0 for real tokens, flag 1 and confidence 1 for random
-            # ones, the expert could order the three scores from the side channels alone.
-            confidence = r["confidence"].detach()
-            q_global = r["context"]["q_global"]
-            real = model.projection[m](rec["real"])
-            s_real = model.expert_score(m, real, q_global, 1.0, confidence, truth, options)
-            # The main pass already ran expert m on these rows' retrieved fill: reuse its score.
-            log_probs = torch.log_softmax(out["expert_logits"][m][rows], dim=-1)
-            s_retrieved = log_probs.gather(1, truth[:, None]).squeeze(1)
-            random = r["values"][rec["negatives"]]  # the batch's entries were projected once by the main pass
-            h_random, _, _ = model.recover(m, rec, r["context"], candidates=random, sims=r["context"]["chosen_sims"])
-            s_random = model.expert_score(m, h_random, q_global, 1.0, confidence, truth, options)
-            losses[m] = losses[m] + lambda_rank * ranking_loss(s_real, s_retrieved, s_random, margin)
-    return losses
-
-
-def noise_identification_loss(model: R2ScP, batch: dict, m: str, tau: float = 0.1) -> torch.Tensor | None:
-    """CAP m learns where a present modality is corrupted (DESIGN section 7, degraded): in the batch's
-    complete rows, a burst of k of m's projected tokens is swapped for another clip's tokens at the same
-    positions; Omega_noise should choose them. Loss: -log of the softmax(delta / tau) mass on them."""
-    rows = torch.nonzero(batch["missing"] == MISSING_CODES["none"]).squeeze(1)
-    k, T = model.cfg.k, model.cfg.segments
-    if len(rows) < 2 or k >= T:
-        return None
-    raw = batch[m][rows]
-    donor = torch.roll(torch.arange(len(rows), device=raw.device), 1)
-    usable = ~(raw == raw[donor]).all(dim=2).all(dim=1)  # a donor of the same clip corrupts nothing
-    if not usable.any():
-        return None
-    start = torch.randint(0, T - k + 1, (len(rows),), device=raw.device)
-    corrupt = torch.zeros(len(rows), T, dtype=torch.bool, device=raw.device)
-    corrupt.scatter_(1, start[:, None] + torch.arange(k, device=raw.device), True)
-    h = model.projection[m](raw)
-    h = torch.where(corrupt[..., None], h[donor], h)
-    available = model.context_projection[m]["available"](batch[OTHER[m]][rows])
-    q_global = model.question_projection[m](batch["q_global"][rows])
-    delta, _ = model.cap[m].identify_noise(h, [available], q_global)
-    log_p = torch.log_softmax(delta / tau, dim=-1).masked_fill(~corrupt, float("-inf"))
-    return -torch.logsumexp(log_p, dim=-1)[usable].mean()
-
-
-def stage_one_loss(model: R2ScP, batch: dict, out: dict, lambda_rank: float, margin: float,
-                   noise_aux: float = 0.0) -> torch.Tensor:  # fmt: skip
-    """The sum of the experts' own losses."""
-    return sum(expert_losses(model, batch, out, lambda_rank, margin, noise_aux).values())
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -304,6 +229,7 @@ class LoopConfig:
     simulate: str = "mixed"  # which modality a training sample may lose: mixed (audio or visual), audio, visual
     partial: float = 1.0  # share of its segments a sample that loses a modality loses (1: all)
     noise_aux: float = 0.0  # weight of CAP's noise-identification loss (stage 1)
+    trust_match: float = 0.0  # weight of the trust's cross-entropy against fill matches (stage 1)
 
 
 def save_model(path: Path, model: R2ScP, answers: list[str], **extra) -> None:
@@ -353,7 +279,7 @@ def fit(model: R2ScP, params: list, data: RunData, loop: LoopConfig, out_dir: Pa
                 batch = to_device(batch, loop.device)
                 out = net(batch, route=loop.stage == 2)
                 if loop.stage == 1:
-                    loss = stage_one_loss(model, batch, out, loop.lambda_rank, loop.margin, loop.noise_aux)
+                    loss = stage_one_loss(model, batch, out, loop.lambda_rank, loop.margin, loop.noise_aux, loop.trust_match)
                 else:
                     loss = F.cross_entropy(out["logits"], batch["answer"])
                 optimizer.zero_grad(set_to_none=True)
@@ -414,6 +340,10 @@ def check_training_config(config) -> None:
         raise UserError(f"--rho {config.rho}: must lie in (0, 1]")
     if isinstance(config, TrainExpertsConfig) and config.noise_aux < 0:
         raise UserError(f"--noise-aux {config.noise_aux}: must be at least 0")
+    if isinstance(config, TrainExpertsConfig) and config.trust_match < 0:
+        raise UserError(f"--trust-match {config.trust_match}: must be at least 0")
+    if isinstance(config, TrainExpertsConfig) and config.trust_match > 0 and not (config.trust and config.recovery in ("cmr", "cmr+cap")):
+        raise UserError(f"--trust-match trains the trust of retrieved fills: add --trust (recovery cmr or cmr+cap, not {config.recovery})")
     if isinstance(config, TrainExpertsConfig) and not 0.0 <= config.router_holdout < 1.0:
         raise UserError(f"--router-holdout {config.router_holdout}: must lie in [0, 1)")
 
@@ -423,6 +353,9 @@ def check_bank_lists(config: TrainExpertsConfig, bank_meta: dict) -> None:
     ranking loss: the bank must store at least n of each (checked before anything is written)."""
     if config.recovery not in ("cmr", "cmr+cap"):
         return
+    if config.trust_match > 0 and bank_meta["key_mode"] == "paired":
+        raise UserError(f"--trust-match compares a fill with the lost modality in the bank's key space, but {config.bank} "
+                        "has paired keys (made from the available modality); use a bank of --keys bind or unified")  # fmt: skip
     figures = bank_meta["figures"]
     for what, stored in (("neighbours", figures["neighbours"]), ("random negatives", figures["negatives"])):
         if config.n > stored:
@@ -454,7 +387,7 @@ def run_experts(config: TrainExpertsConfig, force: bool = False, resume: bool = 
     model.to(config.device)
     loop = LoopConfig(1, config.epochs, config.patience, config.batch_size, config.lr, config.seed,
                       config.p_missing, config.device, config.lambda_rank, config.margin, config.simulate,
-                      config.partial, config.noise_aux)  # fmt: skip
+                      config.partial, config.noise_aux, config.trust_match)  # fmt: skip
     summary = fit(model, model.stage_one_parameters(), data, loop, config.out, resume)
     console.print(f"stage 1 ({config.recovery}): best val {summary['val'].get('selection', float('nan')):.2f} "
                   f"at epoch {summary['best_epoch']}")  # fmt: skip

@@ -403,3 +403,26 @@ def test_float16_keys_halve_the_stored_keys_and_keep_the_neighbours(planted, tmp
     with pytest.raises(UserError, match="--key-dtype int8: choose one of float32, float16"):
         run(BankConfig(planted, tmp_path / "bad", keys="paired", key_dtype="int8"))
     assert not (tmp_path / "bad").exists()
+
+
+def test_fill_matches_mark_the_entries_nearest_the_truths_own_key_in_its_fold():
+    """The trust's target (train-experts --trust-match): an entry matches when its key is among the
+    `share` of the other entries closest to the video's own entry's key, in the video's fold."""
+    from r2scp_cli.retrieval.entries import fill_matches
+
+    angles = np.linspace(0.0, np.pi, 11)  # entry i at angle i * pi / 10: nearer entry 0 the smaller i
+    circle = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    keys = np.stack([circle, circle[[0, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1]]])  # fold 1: entries 10 and 9 nearest entry 0
+    own_rows = {"v": np.array([0]), "copied": np.array([0, 5])}
+    entries = np.array([[1, 2, 10], [1, 2, 10], [9, 1, 10], [1, 6, 4]])
+    out = fill_matches(keys, own_rows, ["v", "v", "v", "nobody"], np.array([0, 0, 1, 0]), entries, share=0.2)
+    # fold 0: of the 10 others entries 1 and 2 are the nearest 20 %; fold 1: entries 10 and 9 are
+    np.testing.assert_array_equal(out[:3], [[1, 1, 0], [1, 1, 0], [1, 0, 1]])
+    assert np.isnan(out[3]).all()  # a video with no entry has no target
+    # a library copy of the video (row 5, the same key) is left out of the comparison like the own entry;
+    # counted, it would be the nearest 10 % alone
+    with_copy = keys[:1].copy()
+    with_copy[0, 5] = with_copy[0, 0]
+    for video, expected in (("copied", [[1, 0]]), ("v", [[0, 0]])):
+        got = fill_matches(with_copy, own_rows, [video], np.array([0]), np.array([[1, 2]]), share=0.1)
+        np.testing.assert_array_equal(got, expected)

@@ -17,7 +17,7 @@ from r2scp_cli.model import (
     R2ScP,
     ranking_loss,
 )
-from r2scp_cli.train import expert_losses, stage_one_loss
+from r2scp_cli.losses import expert_losses, stage_one_loss
 
 T, L, N_CAND, D = 8, 6, 5, 32
 DIMS = {"audio": 12, "visual": 10, "text": 9, "text_global": 7}
@@ -319,7 +319,7 @@ def test_trust_scales_fills_toward_zero_fill_and_learns_from_the_random_fill(rec
 def test_noise_identification_loss_trains_caps_choice_and_only_expert_m():
     """--noise-aux: in complete rows a burst of k tokens is swapped for another row's; the loss falls
     as CAP learns to put Omega_noise there, and only expert m's parameters receive its gradient."""
-    from r2scp_cli.train import noise_identification_loss
+    from r2scp_cli.losses import noise_identification_loss
 
     torch.manual_seed(0)
     model = R2ScP(config("cmr+cap"))

@@ -16,6 +16,7 @@ from r2scp_cli.batches import load_model
 from r2scp_cli.cli import app
 from r2scp_cli.config import BankConfig, EvalConfig, TrainExpertsConfig, TrainRouterConfig, usable_cores
 from r2scp_cli.errors import UserError
+from r2scp_cli.losses import expert_losses
 from r2scp_cli.retrieval import bank as bank_stage
 from r2scp_cli.retrieval.bank import Bank
 
@@ -370,3 +371,53 @@ def test_cpu_threads_split_the_cores_between_processes_and_declared_jobs(monkeyp
         assert torch.get_num_threads() == 1  # never below one
     finally:
         torch.set_num_threads(before)
+
+
+def test_trust_match_trains_the_trust_on_whether_fills_resemble_the_truth(world, tmp_path):
+    """--trust-match w: training batches carry, per retrieved and per random fill, which of its entries
+    lie near the lost modality's own key (Bank.fill_matches); stage 1 adds w x the trust's binary
+    cross-entropy against their share, for both fills. Without --trust it is a one-line error."""
+    from r2scp_cli.batches import MATCH_SHARE, make_batch
+    from r2scp_cli.model import MISSING_CODES, R2ScP
+
+    root, features, paired = world
+    bank_dir = bank_stage.run(BankConfig(features, tmp_path / "bank", keys="unified", neighbours=6, exact=True, check_recall=0))
+    data = train.open_data(features, bank_dir)
+    config = TrainExpertsConfig(features, bank_dir, root / "unused", trust=True, trust_match=1.0, **SMALL)
+    torch.manual_seed(0)
+    model = R2ScP(train.model_config_for(data.store, config, len(set(data.splits["train"].video_ids)))).eval()
+    split = data.splits["train"]
+    idx = np.arange(min(32, len(split)))
+    missing = np.where(idx % 2 == 0, MISSING_CODES["audio"], MISSING_CODES["visual"])
+    batch = make_batch(split, idx, missing, data.videos, model.cfg, data.bank.neighbours, data.bank, True)
+    losses, bce = {}, {}
+    for weight in (0.0, 1.0):
+        out = model(batch, route=False)
+        losses[weight] = expert_losses(model, batch, out, 0.1, 0.1, trust_match=weight)
+    for m, rec in batch["recover"].items():
+        vids = split.video_ids[idx[rec["rows"].numpy()]]
+        entries = data.bank.neighbours(vids, m)[0][:, :3]
+        expected = data.bank.fill_matches(vids, m, entries, MATCH_SHARE)
+        np.testing.assert_array_equal(rec["candidates_match"].numpy(), expected)
+        assert 0.0 < np.mean(expected) < 1.0 and np.isfinite(expected).all()
+        negatives = data.bank.negatives(vids, m)[:, :3]
+        np.testing.assert_array_equal(rec["negatives_match"].numpy(), data.bank.fill_matches(vids, m, negatives, MATCH_SHARE))
+        r = out["recovery"][m]
+        trusts = torch.cat([r["trust"], r["context"]["trust"]])  # the retrieved fill's, then the random fill's
+        targets = torch.cat([rec["candidates_match"].mean(1), rec["negatives_match"].mean(1)])
+        bce[m] = torch.nn.functional.binary_cross_entropy(trusts, targets)
+        assert not torch.equal(r["trust"], r["context"]["trust"])
+        torch.testing.assert_close(losses[1.0][m] - losses[0.0][m], bce[m])
+    experts = train.run_experts(TrainExpertsConfig(features, bank_dir, tmp_path / "e", trust=True, trust_match=1.0,
+                                                   **{**SMALL, "epochs": 1}))  # fmt: skip
+    assert json.loads((experts / "meta.json").read_text())["config"]["trust_match"] == 1.0
+    bad = ((dict(trust_match=1.0), bank_dir, "add --trust"), (dict(trust=True, trust_match=-1.0), bank_dir, "must be at least 0"),
+           (dict(trust=True, trust_match=1.0), paired, "has paired keys"))  # fmt: skip
+    for options, bank, message in bad:
+        with pytest.raises(UserError, match=message):
+            train.run_experts(TrainExpertsConfig(features, bank, tmp_path / "bad", **options, **SMALL))
+        assert not (tmp_path / "bad").exists()
+    result = CliRunner().invoke(app, ["train-experts", str(features), "--bank", str(bank_dir), "--out", str(tmp_path / "x"),
+                                      "--trust-match", "0.5"])  # fmt: skip
+    assert result.exit_code == 1 and "--trust-match trains the trust of retrieved fills: add --trust" in result.output
+    assert not (tmp_path / "x").exists()

@@ -49,8 +49,8 @@ from ..config import BankConfig, Modality, usable_cores
 from ..console import console, progress_bar
 from ..errors import UserError
 from ..features import EncoderInfo, FeatureStore
-from .entries import Entries, bank_entries, exclusion_rows, library_figures, open_inputs, random_negatives
-from .binder import BINDER_CARD, WEAK_LABEL_WEIGHT, BinderConfig, binder_file, check_bind_size, load_binder
+from .entries import Entries, bank_entries, exclusion_rows, fill_matches, library_figures, open_inputs, random_negatives
+from .binder import BINDER_CARD, WEAK_LABEL_WEIGHT, BinderConfig, binder_file, check_bind_size, fold_of, load_binder
 from .keys import ENTRY_ARRAYS, KeySpace, fit_bind_space, key_quality, resolve_key_mode, store_fetch
 from .rescoring import rerank_columns, rescoring_figures
 from .search import (
@@ -410,6 +410,12 @@ class Bank:
         rows = self._rows(video_ids)
         lists = self._lists[Modality(m)]
         return lists["index"][rows], lists["sim"][rows]
+
+    def fill_matches(self, video_ids: Sequence[str], m: Modality, entries: np.ndarray, share: float) -> np.ndarray:
+        """[B, n] 1.0 where an entry is among the ``share`` of entries closest to the video's own m key
+        (entries.fill_matches: a training target; it reads the own entry's key of the lost modality)."""
+        keys = self._keys[Modality(m)]
+        return fill_matches(keys, self._own_rows, video_ids, fold_of(list(video_ids), len(keys)), entries, share)
 
     def negatives(self, video_ids: Sequence[str], m: Modality) -> np.ndarray:
         """Reproducible random entries int64 [B, r], never the video itself."""

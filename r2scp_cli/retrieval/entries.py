@@ -151,3 +151,24 @@ def library_figures(entries: Entries, store: FeatureStore) -> dict:
         "ids_equal_to_dataset_ids_other_clips": int(sum(
             v in dataset_ids and not o for v, o in zip(entries.video_id[library], entries.own_video[library]))),
     }  # fmt: skip
+
+
+def fill_matches(keys: np.ndarray, own_rows: dict[str, np.ndarray], video_ids: Sequence[str], folds: np.ndarray,
+                 entries: np.ndarray, share: float) -> np.ndarray:  # fmt: skip
+    """Whether each retrieved entry resembles what the video's lost modality truly is (the trust's
+    training target, `train-experts --trust-match`): 1.0 where the entry's key is among the ``share``
+    of the bank's keys closest to the key of the video's own entry (its fold's key set of the same
+    target modality, so the comparison is in the space the weak labels shaped), else 0.0; NaN for a
+    video that has no entry. ``keys`` [folds, E, D] unit rows, ``entries`` [B, n] -> float32 [B, n].
+    Training reads it for simulated losses only: it looks at the lost modality's own key."""
+    out = np.full(entries.shape, np.nan, np.float32)
+    for b, video in enumerate(video_ids):
+        own = own_rows.get(str(video))
+        if own is None:
+            continue
+        fold_keys = keys[folds[b]]
+        sims = fold_keys @ fold_keys[own[0]]
+        others = np.delete(sims, own)
+        threshold = np.quantile(others, 1.0 - share)
+        out[b] = sims[entries[b]] >= threshold
+    return out

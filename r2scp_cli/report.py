@@ -198,8 +198,27 @@ def build_tables(evaluations: list[Evaluation]) -> list[dict]:
         questions = {q for row in table_cells.values() for cell in row.values() for q in cell["questions"]}
         banks = {e.retrieval["bank"]: e.retrieval for cell in cells.values() for e in cell if e.retrieval}
         table = {**key._asdict(), "methods": methods, "settings": settings, "questions": sorted(questions)}
-        tables.append({**table, "cells": table_cells, "retrieval": [banks[b] for b in sorted(banks)]})
+        table = {**table, "cells": table_cells, "retrieval": [banks[b] for b in sorted(banks)]}
+        tables.append({**table, "gains": paired_gains(table)})
     return tables
+
+
+def paired_gains(table: dict, baseline: str = "zero") -> dict:
+    """method -> setting -> summary of (method - baseline) accuracy per seed, over the seeds both were
+    evaluated with: a seed's luck moves both rows alike, so the paired spread is the one to read."""
+    if baseline not in table["cells"]:
+        return {}
+    gains: dict = {}
+    for method in table["methods"]:
+        for setting in table["settings"]:
+            ours, theirs = _overall(table, method, setting), _overall(table, baseline, setting)
+            if method == baseline or ours is None or theirs is None:
+                continue
+            base = dict(zip(theirs["seeds"], theirs["values"]))
+            pairs = [(seed, value - base[seed]) for seed, value in zip(ours["seeds"], ours["values"]) if seed in base]
+            if pairs:
+                gains.setdefault(method, {})[setting] = _summary(pairs)
+    return gains
 
 
 def _overall(table: dict, method: str, setting: str) -> dict | None:
@@ -207,13 +226,14 @@ def _overall(table: dict, method: str, setting: str) -> dict | None:
     return table["cells"][method].get(setting, {}).get("overall")
 
 
-def cell_text(summary: dict | None) -> str:
-    """ "mean ± std (n seeds)" for several seeds, the value alone for one, "—" for none."""
+def cell_text(summary: dict | None, sign: str = "") -> str:
+    """ "mean ± std (n seeds)" for several seeds, the value alone for one, "—" for none (``sign`` "+":
+    signed, for differences)."""
     if summary is None or summary["mean"] is None:
         return "—"
     if summary["n"] == 1:
-        return f"{summary['mean']:.2f}"
-    return f"{summary['mean']:.2f} ± {summary['std']:.2f} ({summary['n']} seeds)"
+        return f"{summary['mean']:{sign}.2f}"
+    return f"{summary['mean']:{sign}.2f} ± {summary['std']:.2f} ({summary['n']} seeds)"
 
 
 def table_title(table: dict) -> str:
@@ -287,6 +307,11 @@ def markdown(tables: list[dict]) -> str:
         rows = [[m] + [cell_text(_overall(table, m, s)) for s in table["settings"]] for m in table["methods"]]
         lines += [f"## {table_title(table)}", ""] + _markdown_table(header, rows)
         lines += ["", legend(table)]
+        if table.get("gains"):
+            gains = table["gains"]
+            lines += ["", "Gain over zero-fill, paired by seed (mean ± std of the per-seed differences, on the "
+                      "seeds both rows have):", ""]  # fmt: skip
+            lines += _markdown_table(header, [[m] + [cell_text(gains[m].get(s), "+") for s in table["settings"]] for m in gains])
         if table.get("retrieval"):
             lines += ["", *key_quality_lines(table)]
         lines += _detail_tables(table) + [""]
@@ -321,6 +346,14 @@ def print_tables(tables: list[dict]) -> None:
             screen.add_row(method, str(seeds), *[_screen_cell(cell, seeds) for cell in cells])
         console.print(screen)
         console.print(legend(table), style="dim")
+        gains = table.get("gains", {})
+        if any(gain["n"] > 1 for row in gains.values() for gain in row.values()):  # one seed: read it off the table
+            labels = " / ".join(SETTING_LABELS.get(s, s) for s in table["settings"])
+            console.print(f"Gain over zero-fill, paired by seed (mean ± std of the differences; {labels}):")
+            for method, row in gains.items():
+                cells = [row.get(s) for s in table["settings"]]
+                console.print(f"  {method}: " + " / ".join("—" if g is None else f"{g['mean']:+.2f}" + (f" ± {g['std']:.2f}" if g["n"] > 1 else "")
+                                                       for g in cells))  # fmt: skip
         for line in key_quality_lines(table):
             console.print(line, markup=False)
 

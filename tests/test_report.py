@@ -201,6 +201,26 @@ def test_report_means_and_stds_over_seeds(runs, tmp_path):
     assert len(meta["inputs"]) == 13
 
 
+def test_gains_over_zero_fill_are_paired_by_seed(runs, tmp_path):
+    """Per seed, method minus zero-fill on the seeds both have; the spread is that of the differences."""
+    out = report.run(ReportConfig((runs,), tmp_path / "report"))
+    (table,) = json.loads((out / "report.json").read_text())["tables"]
+    gains = table["gains"]
+    assert list(gains) == ["cap", "cmr+cap"]
+    # cmr+cap - zero: complete 7-7 and 7-6, audio 6-2 and 7-4, visual 5-3 and 7-3 of 8 questions
+    assert gains["cmr+cap"]["none"]["values"] == [0.0, 12.5] and gains["cmr+cap"]["none"]["seeds"] == [0, 1]
+    assert gains["cmr+cap"]["audio"]["mean"] == 43.75
+    assert gains["cmr+cap"]["audio"]["std"] == pytest.approx(8.8388, abs=1e-4)  # unpaired: 8.84 and 17.68
+    assert gains["cmr+cap"]["visual"]["values"] == [25.0, 50.0]
+    assert list(gains["cap"]) == ["audio"] and gains["cap"]["audio"]["values"] == [37.5]  # seed 0 only
+    text = (out / "report.md").read_text()
+    assert "Gain over zero-fill, paired by seed" in text
+    assert "| cmr+cap | +6.25 ± 8.84 (2 seeds) | +43.75 ± 8.84 (2 seeds) | +37.50 ± 17.68 (2 seeds) |" in text
+    assert "| cap | — | +37.50 | — |" in text
+    without_zero = report.run(ReportConfig((runs / "cmr+cap-s0", runs / "cmr+cap-s1"), tmp_path / "no-zero"))
+    assert "Gain over zero-fill" not in (without_zero / "report.md").read_text()
+
+
 def test_report_png_is_a_real_chart(runs, tmp_path):
     out = report.run(ReportConfig((runs,), tmp_path / "report"))
     with Image.open(out / "report.png") as image:
@@ -312,6 +332,8 @@ def test_cli_report_prints_the_table_and_reuses_a_finished_report(runs, tmp_path
     assert rows["cmr+cap"] == ["2", "87.50 ± 0.00", "81.25 ± 8.84", "75.00 ± 17.68"]
     assert rows["zero"] == ["2", "81.25 ± 8.84", "37.50 ± 17.68", "37.50 ± 0.00"]
     assert rows["cap"] == ["1", "—", "62.50", "—"]
+    assert "  cmr+cap: +6.25 ± 8.84 / +43.75 ± 8.84 / +37.50 ± 17.68" in result.output  # paired by seed
+    assert "  cap: — / +37.50 / —" in result.output
     run_id = artifacts.read_json(out / "meta.json")["run_id"]
 
     again = runner.invoke(app, ["report", str(runs), "--out", str(out)])

@@ -199,9 +199,9 @@ def make_batch(
             if training:
                 lists["negatives"] = bank.negatives(vids[rows], m)[:, : cfg.n]
                 if cfg.trusts:  # the trust's target (train-experts --trust-match): which fills resemble the truth
-                    for name in ("candidates", "negatives"):
-                        match = bank.fill_matches(vids[rows], m, lists[name][:, : cfg.n], MATCH_SHARE)
-                        rec[f"{name}_match"] = torch.from_numpy(match)
+                    both = np.concatenate([lists["candidates"][:, : cfg.n], lists["negatives"]], axis=1)
+                    match = torch.from_numpy(bank.fill_matches(vids[rows], m, both, MATCH_SHARE))
+                    rec["candidates_match"], rec["negatives_match"] = match[:, : cfg.n], match[:, cfg.n :]
             # Rows share neighbours: each bank entry of the batch is read (and projected) once.
             unique, inverse = np.unique(np.concatenate([ids.ravel() for ids in lists.values()]), return_inverse=True)
             rec["values"] = torch.from_numpy(bank.gather(m, unique))  # [U, T, D_m]

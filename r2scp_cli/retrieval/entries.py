@@ -13,6 +13,7 @@ detected. The binders train on every entry: bank videos and library clips alike.
 from __future__ import annotations
 
 import hashlib
+import math
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,19 +157,23 @@ def library_figures(entries: Entries, store: FeatureStore) -> dict:
 def fill_matches(keys: np.ndarray, own_rows: dict[str, np.ndarray], video_ids: Sequence[str], folds: np.ndarray,
                  entries: np.ndarray, share: float) -> np.ndarray:  # fmt: skip
     """Whether each retrieved entry resembles what the video's lost modality truly is (the trust's
-    training target, `train-experts --trust-match`): 1.0 where the entry's key is among the ``share``
-    of the bank's keys closest to the key of the video's own entry (its fold's key set of the same
-    target modality, so the comparison is in the space the weak labels shaped), else 0.0; NaN for a
-    video that has no entry. ``keys`` [folds, E, D] unit rows, ``entries`` [B, n] -> float32 [B, n].
+    training target, `train-experts --trust-match`): 1.0 where the entry's key is among the
+    ceil(``share`` x the other entries) keys closest to the key of the video's own entry (in its fold's
+    key set of the same target modality, the space the weak labels shaped), else 0.0; NaN for a video
+    that has no entry. ``keys`` [folds, E, D] unit rows, ``entries`` [B, n] -> float32 [B, n].
     Training reads it for simulated losses only: it looks at the lost modality's own key."""
     out = np.full(entries.shape, np.nan, np.float32)
-    for b, video in enumerate(video_ids):
-        own = own_rows.get(str(video))
-        if own is None:
+    own = [own_rows.get(str(video)) for video in video_ids]
+    for f in np.unique(folds):
+        rows = [b for b in np.flatnonzero(folds == f) if own[b] is not None]
+        if not rows:
             continue
-        fold_keys = keys[folds[b]]
-        sims = fold_keys @ fold_keys[own[0]]
-        others = np.delete(sims, own)
-        threshold = np.quantile(others, 1.0 - share)
-        out[b] = sims[entries[b]] >= threshold
+        sims = keys[f][[own[b][0] for b in rows]] @ keys[f].T  # [R, E], one product for the fold's videos
+        for i, b in enumerate(rows):
+            sims[i, own[b]] = -np.inf  # the video itself (and any copy of it) is not compared
+        size = sims.shape[1]
+        closest = np.array([max(1, math.ceil(share * (size - len(own[b])))) for b in rows])  # per row: of the others
+        ranked = np.partition(sims, sorted(set(size - closest)), axis=1)
+        threshold = ranked[np.arange(len(rows)), size - closest]  # each row's closest-th largest similarity
+        out[rows] = np.take_along_axis(sims, entries[rows], axis=1) >= threshold[:, None]
     return out

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from .model import EXPERTS, MEDIA, MISSING_CODES, OTHER, R2ScP, ranking_loss
 
 
-
 def expert_losses(model: R2ScP, batch: dict, out: dict, lambda_rank: float, margin: float,
                   noise_aux: float = 0.0, trust_match: float = 0.0) -> dict[str, torch.Tensor]:  # fmt: skip
     """Each expert's own stage-1 loss: its cross-entropy, + lambda * the ranking loss of its retrieved

@@ -1,7 +1,8 @@
 """Stage 1 (experts + recovery modules) and stage 2 (router over frozen experts), written out top to bottom.
 
 Both stages read their data through batches.py (splits, video tokens, batches with recovery inputs
-gathered from the bank's precomputed neighbour lists) and add the missing simulation here.
+gathered from the bank's precomputed neighbour lists) and add the missing simulation here; stage 1's
+objective is in losses.py.
 A run directory holds ``model.pt`` (best weights + the model config), ``checkpoint.pt`` (last state,
 for ``--resume``), ``log.jsonl`` and ``meta.json`` (written last).
 """

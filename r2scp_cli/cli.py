@@ -329,7 +329,7 @@ def demo(
         "--protocols", help="Also evaluate missing rates 0.3/0.5/0.7 and partial loss 0.5; the report draws the curve.")] = False,
     library_videos: Annotated[Optional[int], typer.Option(
         help="Clips of the bank's library (synthesised with another seed, no questions); 0: no library "
-             "(default 500, --quick 0).")] = None,
+             "(default 1000, --quick 0).")] = None,
     weak_labels: Annotated[bool, typer.Option(
         "--weak-labels/--no-weak-labels", help="Build the bank with build-bank --weak-labels when its keys are bind "
                                                "and the format is music-avqa.")] = True,

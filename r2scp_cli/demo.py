@@ -53,11 +53,13 @@ class Budget:
     d_model: int
     # Clips of the bank's library (`synth --library`, LIBRARY_SEED); 0: none. Measured on the default demo
     # (pretrained, bench/retrieval_quality.py): held-out recall@10 0.31/0.33 (recover audio/visual) without,
-    # 0.41/0.41 with 500 clips, 0.46/0.45 with 1,000; each clip costs about 0.2 s on 2 cores (synth + extract).
+    # 0.41/0.41 with 500 clips, 0.46/0.45 with 1,000 (0.49/0.49 with weak labels); each clip costs about
+    # 0.12 s on 2 cores (synth + extract). Over 5 seeds cmr+cap - zero-fill was +3.2 / +4.6 / +2.8 with 1,000
+    # clips against +1.4 / +2.5 / +1.8 with 500; the default demo took 7 min 28 s with 1,000.
     library_videos: int = 0
 
 
-DEFAULT = Budget(videos=400, size=112, experts_epochs=14, router_epochs=4, d_model=80, library_videos=500)
+DEFAULT = Budget(videos=400, size=112, experts_epochs=14, router_epochs=4, d_model=80, library_videos=1000)
 QUICK = Budget(videos=150, size=64, experts_epochs=8, router_epochs=3, d_model=48, library_videos=0)
 LIBRARY_SEED = 1  # the demo's dataset uses seed 0; library scenes come from streams no dataset uses anyway
 

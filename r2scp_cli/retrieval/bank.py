@@ -49,7 +49,9 @@ from ..config import BankConfig, Modality, usable_cores
 from ..console import console, progress_bar
 from ..errors import UserError
 from ..features import EncoderInfo, FeatureStore
-from .entries import Entries, bank_entries, exclusion_rows, fill_matches, library_figures, open_inputs, random_negatives
+from .entries import (
+    Entries, bank_entries, exclusion_rows, fill_matches, library_figures, match_thresholds, open_inputs, random_negatives,
+)  # fmt: skip
 from .binder import BINDER_CARD, WEAK_LABEL_WEIGHT, BinderConfig, binder_file, check_bind_size, fold_of, load_binder
 from .keys import ENTRY_ARRAYS, KeySpace, fit_bind_space, key_quality, resolve_key_mode, store_fetch
 from .rescoring import rerank_columns, rescoring_figures
@@ -389,6 +391,7 @@ class Bank:
         self._stores: dict[int, FeatureStore] = {}  # sources opened for per-batch reads of large banks
         self._searchers: dict[Modality, list[Searcher]] = {}
         self._space: KeySpace | None = None
+        self._thresholds: dict[tuple[Modality, float], np.ndarray] = {}  # fill_matches, per listed video
 
     @classmethod
     def open(cls, bank_dir: Path) -> "Bank":
@@ -413,9 +416,15 @@ class Bank:
 
     def fill_matches(self, video_ids: Sequence[str], m: Modality, entries: np.ndarray, share: float) -> np.ndarray:
         """[B, n] 1.0 where an entry is among the ``share`` of entries closest to the video's own m key
-        (entries.fill_matches: a training target; it reads the own entry's key of the lost modality)."""
-        keys = self._keys[Modality(m)]
-        return fill_matches(keys, self._own_rows, video_ids, fold_of(list(video_ids), len(keys)), entries, share)
+        (entries.fill_matches: a training target; it reads the own entry's key of the lost modality).
+        The per-video thresholds are computed once, for every listed video, on first use."""
+        m, video_ids = Modality(m), list(video_ids)
+        keys = self._keys[m]
+        if (m, share) not in self._thresholds:
+            listed = list(self._row)
+            self._thresholds[(m, share)] = match_thresholds(keys, self._own_rows, listed, fold_of(listed, len(keys)), share)
+        thresholds = self._thresholds[(m, share)][self._rows(video_ids)]
+        return fill_matches(keys, self._own_rows, video_ids, fold_of(video_ids, len(keys)), entries, share, thresholds)
 
     def negatives(self, video_ids: Sequence[str], m: Modality) -> np.ndarray:
         """Reproducible random entries int64 [B, r], never the video itself."""

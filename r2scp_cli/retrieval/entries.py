@@ -154,26 +154,48 @@ def library_figures(entries: Entries, store: FeatureStore) -> dict:
     }  # fmt: skip
 
 
+THRESHOLD_CHUNK = 1024  # videos whose similarities to every key are held at once
+
+
+def match_thresholds(keys: np.ndarray, own_rows: dict[str, np.ndarray], video_ids: Sequence[str], folds: np.ndarray,
+                     share: float) -> np.ndarray:  # fmt: skip
+    """float32 [V]: per video, the similarity to the key of its own entry that its ceil(``share`` x the
+    other entries) closest keys reach, in its fold's key set (``keys`` [folds, E, D], unit rows); the
+    video itself and any copy of it are not counted. NaN for a video that has no entry."""
+    out = np.full(len(video_ids), np.nan, np.float32)
+    own = [own_rows.get(str(video)) for video in video_ids]
+    size = keys.shape[1]
+    for f in np.unique(folds):
+        fold_rows = [b for b in np.flatnonzero(folds == f) if own[b] is not None]
+        for start in range(0, len(fold_rows), THRESHOLD_CHUNK):
+            rows = fold_rows[start : start + THRESHOLD_CHUNK]
+            sims = keys[f][[own[b][0] for b in rows]] @ keys[f].T  # [R, E]
+            for i, b in enumerate(rows):
+                sims[i, own[b]] = -np.inf
+            closest = np.array([max(1, math.ceil(share * (size - len(own[b])))) for b in rows])
+            ranked = np.partition(sims, sorted(set(size - closest)), axis=1)
+            out[rows] = ranked[np.arange(len(rows)), size - closest]  # each row's closest-th largest similarity
+    return out
+
+
 def fill_matches(keys: np.ndarray, own_rows: dict[str, np.ndarray], video_ids: Sequence[str], folds: np.ndarray,
-                 entries: np.ndarray, share: float) -> np.ndarray:  # fmt: skip
+                 entries: np.ndarray, share: float, thresholds: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
     """Whether each retrieved entry resembles what the video's lost modality truly is (the trust's
     training target, `train-experts --trust-match`): 1.0 where the entry's key is among the
     ceil(``share`` x the other entries) keys closest to the key of the video's own entry (in its fold's
     key set of the same target modality, the space the weak labels shaped), else 0.0; NaN for a video
-    that has no entry. ``keys`` [folds, E, D] unit rows, ``entries`` [B, n] -> float32 [B, n].
+    that has no entry. ``keys`` [folds, E, D] unit rows, ``entries`` [B, n] -> float32 [B, n];
+    ``thresholds``: the videos' :func:`match_thresholds` when already known (the Bank keeps them).
     Training reads it for simulated losses only: it looks at the lost modality's own key."""
+    if thresholds is None:
+        thresholds = match_thresholds(keys, own_rows, video_ids, folds, share)
     out = np.full(entries.shape, np.nan, np.float32)
-    own = [own_rows.get(str(video)) for video in video_ids]
-    for f in np.unique(folds):
-        rows = [b for b in np.flatnonzero(folds == f) if own[b] is not None]
-        if not rows:
+    for b, video in enumerate(video_ids):
+        own = own_rows.get(str(video))
+        if own is None:
             continue
-        sims = keys[f][[own[b][0] for b in rows]] @ keys[f].T  # [R, E], one product for the fold's videos
-        for i, b in enumerate(rows):
-            sims[i, own[b]] = -np.inf  # the video itself (and any copy of it) is not compared
-        size = sims.shape[1]
-        closest = np.array([max(1, math.ceil(share * (size - len(own[b])))) for b in rows])  # per row: of the others
-        ranked = np.partition(sims, sorted(set(size - closest)), axis=1)
-        threshold = ranked[np.arange(len(rows)), size - closest]  # each row's closest-th largest similarity
-        out[rows] = np.take_along_axis(sims, entries[rows], axis=1) >= threshold[:, None]
+        fold_keys = keys[folds[b]]
+        sims = fold_keys[entries[b]] @ fold_keys[own[0]]
+        # the threshold came from another product over the same keys: allow its rounding
+        out[b] = (sims >= thresholds[b] - 1e-6) & ~np.isin(entries[b], own)
     return out

@@ -55,7 +55,8 @@ class Budget:
     # (pretrained, bench/retrieval_quality.py): held-out recall@10 0.31/0.33 (recover audio/visual) without,
     # 0.41/0.41 with 500 clips, 0.46/0.45 with 1,000 (0.49/0.49 with weak labels); each clip costs about
     # 0.12 s on 2 cores (synth + extract). Over 5 seeds cmr+cap - zero-fill was +3.2 / +4.6 / +2.8 with 1,000
-    # clips against +1.4 / +2.5 / +1.8 with 500; the default demo took 7 min 28 s with 1,000.
+    # clips against +1.4 / +2.5 / +1.8 with 500; the default demo took 7 min 28 s with 1,000. Banks are draws
+    # too: build-bank --seed 1 on the same 1,000 clips gave +2.0 / +3.2 / +1.8, 2,000 clips +1.1 / +3.1 / +2.4.
     library_videos: int = 0
 
 

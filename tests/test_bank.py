@@ -220,6 +220,33 @@ def test_binder_stops_on_videos_it_neither_trains_on_nor_is_queried_with(tmp_pat
             assert not stopped & queried and not stopped & trained
 
 
+def test_update_average_moves_each_parameter_a_share_toward_the_model():
+    torch = pytest.importorskip("torch")
+    average, model = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in average.parameters()]
+    binder_module.update_average(average, model, 0.9)
+    for kept, old, new in zip(average.parameters(), before, model.parameters()):
+        torch.testing.assert_close(kept.detach(), 0.9 * old + 0.1 * new.detach())
+
+
+@pytest.mark.parametrize("average", [0.0, 0.9])
+def test_binder_keeps_the_weights_it_scored_best(average):
+    """The binder handed back is the one whose held-out score was best: the averaged weights when
+    ``average`` > 0, the raw ones at 0."""
+    rng = np.random.default_rng(3)
+    shared = rng.normal(size=(120, 4, 6)).astype(np.float32)
+    tokens = {"audio": shared + 0.3 * rng.normal(size=shared.shape).astype(np.float32),
+              "visual": shared[..., ::-1] + 0.3 * rng.normal(size=shared.shape).astype(np.float32)}  # fmt: skip
+    train = {m: v[:90] for m, v in tokens.items()}
+    held_out = {m: v[90:] for m, v in tokens.items()}
+    config = binder_module.BinderConfig(dim=8, hidden=16, batch_size=32, max_steps=60, eval_every=5, patience=100, average=average)
+    binder, summary = binder_module.train_binder(train, held_out, config, seed=0)
+    scores = {h["step"]: h["held_out_rank_score"] for h in summary["history"]}
+    assert summary["steps_run"] == 60 and len(scores) == 12
+    assert binder_module._held_out_score(binder, held_out) == scores[summary["best_step"]] == max(scores.values())
+    assert max(scores.values()) > 0.6  # well above chance (0.5)
+
+
 @pytest.mark.parametrize("keys", ["paired", "bind"])
 def test_search_never_reads_the_missing_modality(planted, paired_bank, bind_bank, tmp_path, keys):
     bank = Bank.open(paired_bank if keys == "paired" else bind_bank)

@@ -251,9 +251,8 @@ def train_binder(
 ) -> tuple[Binder, dict]:
     """Fit a binder on (audio, visual) token pairs; keep the step with the best held-out recall.
 
-    What is scored and kept is a moving average of the weights (``config.average``, from the
-    initial weights on): the held-out optimum comes within 30-90 steps, where a single step's
-    weights depend much on the last batches.
+    What is scored and kept is a moving average of the weights from the initial ones on
+    (``config.average``; why: the module docstring).
 
     ``train`` and ``held_out`` map "audio"/"visual" to [N, T, D] float32 arrays whose rows are the
     same videos. ``labels``: optional weak labels of the ``train`` rows, (targets float [N, L], known

@@ -230,6 +230,8 @@ def train_experts(
     device: Device = "cpu",
     simulate: Simulate = "mixed",
     partial: TrainPartial = 1.0,
+    average: Annotated[float, typer.Option(
+        help="Decay of the moving average of the weights that is validated and kept (0: the raw weights).")] = 0.99,
     trust: Annotated[bool, typer.Option(
         "--trust/--no-trust", help="cmr, cmr+cap: learn a trust that scales each fill toward zero-fill.")] = False,
     trust_match: Annotated[float, typer.Option(
@@ -248,7 +250,7 @@ def train_experts(
     config = TrainExpertsConfig(
         features, bank, out, recovery, p_missing, n, rho, lambda_rank, margin, d_model,
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, simulate=simulate, partial=partial,
-        trust=trust, router_holdout=router_holdout, noise_aux=noise_aux, trust_match=trust_match,
+        average=average, trust=trust, router_holdout=router_holdout, noise_aux=noise_aux, trust_match=trust_match,
     )
     stage.run_experts(config, force=force, resume=resume)
 

@@ -279,11 +279,14 @@ class Expert(nn.Module):
 
 
 class Router(nn.Module):
-    """Stage 2: weights alpha over the experts from their outputs, the recovered flags and the confidence."""
+    """Stage 2: weights alpha over the experts from their outputs, the recovered flags and the confidence.
+    They start uniform (zero last layer): untrained, the routed model predicts what the experts' sum does."""
 
     def __init__(self, d: int, dropout: float):
         super().__init__()
         self.gate = nn.Sequential(nn.Linear(3 * d + 3 + 4, d), nn.GELU(), nn.Dropout(dropout), nn.Linear(d, 3))
+        nn.init.zeros_(self.gate[-1].weight)
+        nn.init.zeros_(self.gate[-1].bias)
 
     def forward(self, h: dict, flags: torch.Tensor, confidence: torch.Tensor):
         """h: {audio, visual, text} [B, d]; flags [B, 3]; confidence [B, 4] -> Z [B, d], alpha [B, 3]."""

@@ -9,6 +9,7 @@ for ``--resume``), ``log.jsonl`` and ``meta.json`` (written last).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -32,6 +33,7 @@ from .losses import stage_one_loss
 from .model import EXPERTS, MEDIA, ModelConfig, R2ScP
 from .protocols import check_simulation, simulate
 from .retrieval.bank import Bank
+from .retrieval.binder import update_average
 
 SETTINGS = ("none", "audio", "visual")  # model selection: mean val accuracy over these (complete first)
 
@@ -231,6 +233,7 @@ class LoopConfig:
     partial: float = 1.0  # share of its segments a sample that loses a modality loses (1: all)
     noise_aux: float = 0.0  # weight of CAP's noise-identification loss (stage 1)
     trust_match: float = 0.0  # weight of the trust's cross-entropy against fill matches (stage 1)
+    average: float = 0.0  # decay of the weights' moving average that is validated and kept (stage 1); 0: off
 
 
 def save_model(path: Path, model: R2ScP, answers: list[str], **extra) -> None:
@@ -240,16 +243,23 @@ def save_model(path: Path, model: R2ScP, answers: list[str], **extra) -> None:
 
 def fit(model: R2ScP, params: list, data: RunData, loop: LoopConfig, out_dir: Path, resume: bool) -> dict:
     """Train with the missing simulation, select on val (mean over complete / missing audio / missing
-    visual), stop early, save ``model.pt`` at each improvement and ``checkpoint.pt`` every epoch."""
+    visual), stop early, save ``model.pt`` at each improvement and ``checkpoint.pt`` every epoch.
+
+    With ``loop.average`` (stage 1) the weights validated and saved are an exponential moving average of
+    the trained ones (the binder's, retrieval/binder.py). Stage 2 scores its starting point first, as
+    epoch 0: the router's uniform weights and the routed head's zero correction predict what the experts'
+    summed log-probabilities predict, so a router is kept only if it beats the experts' sum on val."""
     split = data.splits["train"]
     rng = np.random.default_rng(loop.seed)  # one seed on every rank: the same epoch order and missing draws
     torch.manual_seed(loop.seed + distributed.rank())  # dropout: each rank its own masks
     optimizer = torch.optim.AdamW(params, lr=loop.lr, weight_decay=1e-4)
     state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "best_scores": {}}
     checkpoint_path, log_path = out_dir / "checkpoint.pt", out_dir / "log.jsonl"
+    kept = copy.deepcopy(model) if loop.average else model  # what is validated and saved
     if resume and checkpoint_path.exists():
         checkpoint = torch.load(checkpoint_path, weights_only=False)
         model.load_state_dict(checkpoint["state"])
+        kept.load_state_dict(checkpoint.get("average", checkpoint["state"]))
         optimizer.load_state_dict(checkpoint["optimizer"])
         state = checkpoint["loop"]
         rng.bit_generator.state = checkpoint["numpy_rng"]
@@ -262,7 +272,24 @@ def fit(model: R2ScP, params: list, data: RunData, loop: LoopConfig, out_dir: Pa
     # the router); stage 2 trains the router and the routed head, which every batch uses.
     net = distributed.wrap(model, find_unused_parameters=loop.stage == 1)
     batches = math.ceil(len(split) / loop.batch_size)
+
+    def record(epoch: int, scores: dict, loss: float | None = None) -> None:
+        """Log an epoch's val scores; save ``model.pt`` when they are the best so far."""
+        entry = {"epoch": epoch, **({} if loss is None else {"loss": loss}), **{f"val_{k}": v for k, v in scores.items()},
+                 "seconds": round(time.time() - started, 2)}  # fmt: skip
+        if distributed.is_main():
+            with open(log_path, "a", encoding="utf-8") as log:
+                log.write(json.dumps(entry) + "\n")
+        if scores["selection"] > state["best"]:
+            state.update(best=scores["selection"], best_epoch=epoch, bad_epochs=0, best_scores=scores)
+            if distributed.is_main():
+                save_model(out_dir / "model.pt", kept, data.store.answers, epoch=epoch, val=scores)
+        else:
+            state["bad_epochs"] += 1
+
     started, seen = time.time(), 0
+    if loop.stage == 2 and state["epoch"] == 0:
+        record(0, validate(model, data, 2, 256, loop.device))
     with progress_bar("loss", "val") as bar:
         task = bar.add_task(f"stage {loop.stage}", total=loop.epochs * batches, completed=state["epoch"] * batches,
                             loss="-", val="-")  # fmt: skip
@@ -287,29 +314,20 @@ def fit(model: R2ScP, params: list, data: RunData, loop: LoopConfig, out_dir: Pa
                 (loss * (fraction * distributed.world_size())).backward()  # DDP's average: the global batch's mean
                 torch.nn.utils.clip_grad_norm_(params, 5.0)
                 optimizer.step()
+                if loop.average:
+                    update_average(kept, model, loop.average)
                 total += loss.item() * fraction * len(idx)
                 seen += len(idx)
                 bar.update(task, advance=1, loss=f"{loss.item():.3f}")
-            scores = validate(model, data, loop.stage, 256, loop.device)
-            total = distributed.all_reduce_sum([total])[0]
-            entry = {"epoch": epoch + 1, "loss": total / len(split), **{f"val_{k}": v for k, v in scores.items()},
-                     "seconds": round(time.time() - started, 2)}  # fmt: skip
-            if distributed.is_main():
-                with open(log_path, "a", encoding="utf-8") as log:
-                    log.write(json.dumps(entry) + "\n")
-            improved = scores["selection"] > state["best"]
-            if improved:
-                state.update(best=scores["selection"], best_epoch=epoch + 1, bad_epochs=0, best_scores=scores)
-                if distributed.is_main():
-                    save_model(out_dir / "model.pt", model, data.store.answers, epoch=epoch + 1, val=scores)
-            else:
-                state["bad_epochs"] += 1
+            scores = validate(kept, data, loop.stage, 256, loop.device)
+            record(epoch + 1, scores, distributed.all_reduce_sum([total])[0] / len(split))
             state["epoch"] = epoch + 1
             bar.update(task, val=f"{scores['selection']:.1f}")
             torch_rng = distributed.all_gather(torch.get_rng_state())  # each rank's dropout stream
             if distributed.is_main():
                 with artifacts.atomic_path(checkpoint_path) as tmp:
-                    torch.save({"state": model.state_dict(), "optimizer": optimizer.state_dict(), "loop": state,
+                    average = {"average": kept.state_dict()} if loop.average else {}
+                    torch.save({"state": model.state_dict(), **average, "optimizer": optimizer.state_dict(), "loop": state,
                                 "numpy_rng": rng.bit_generator.state, "torch_rng": torch_rng[0],
                                 "torch_rng_ranks": torch_rng}, tmp)  # fmt: skip
             if state["bad_epochs"] >= loop.patience:
@@ -345,6 +363,8 @@ def check_training_config(config) -> None:
         raise UserError(f"--trust-match {config.trust_match}: must be at least 0")
     if isinstance(config, TrainExpertsConfig) and config.trust_match > 0 and not (config.trust and config.recovery in ("cmr", "cmr+cap")):
         raise UserError(f"--trust-match trains the trust of retrieved fills: add --trust (recovery cmr or cmr+cap, not {config.recovery})")
+    if isinstance(config, TrainExpertsConfig) and not 0.0 <= config.average < 1.0:
+        raise UserError(f"--average {config.average}: must lie in [0, 1) (0: keep the raw weights)")
     if isinstance(config, TrainExpertsConfig) and not 0.0 <= config.router_holdout < 1.0:
         raise UserError(f"--router-holdout {config.router_holdout}: must lie in [0, 1)")
 
@@ -388,7 +408,7 @@ def run_experts(config: TrainExpertsConfig, force: bool = False, resume: bool = 
     model.to(config.device)
     loop = LoopConfig(1, config.epochs, config.patience, config.batch_size, config.lr, config.seed,
                       config.p_missing, config.device, config.lambda_rank, config.margin, config.simulate,
-                      config.partial, config.noise_aux, config.trust_match)  # fmt: skip
+                      config.partial, config.noise_aux, config.trust_match, config.average)  # fmt: skip
     summary = fit(model, model.stage_one_parameters(), data, loop, config.out, resume)
     console.print(f"stage 1 ({config.recovery}): best val {summary['val'].get('selection', float('nan')):.2f} "
                   f"at epoch {summary['best_epoch']}")  # fmt: skip

@@ -254,6 +254,20 @@ def test_one_hot_router_weight_gives_that_experts_output(expert, monkeypatch):
     torch.testing.assert_close(torch.log_softmax(out["logits"], -1), torch.log_softmax(out["expert_logits"][expert], -1))
 
 
+@pytest.mark.parametrize("options", [False, True])
+def test_untrained_router_predicts_what_the_experts_sum_predicts(options):
+    """Stage 2 starts from uniform weights and a zero correction: the routed log-probabilities are the
+    mean of the experts' own, so every answer is the one the experts' summed log-probabilities pick."""
+    torch.manual_seed(0)
+    model = R2ScP(config(options=options)).eval()
+    with torch.no_grad():
+        out = model(toy_batch(training=False, options=options))
+    log_probs = torch.stack([torch.log_softmax(out["expert_logits"][m], -1) for m in EXPERTS])
+    torch.testing.assert_close(out["alpha"], torch.full((6, 3), 1 / 3))
+    torch.testing.assert_close(out["logits"], log_probs.mean(0))
+    assert torch.equal(out["logits"].argmax(-1), log_probs.sum(0).argmax(-1))
+
+
 def test_ranking_passes_differ_only_in_the_recovered_tokens(monkeypatch):
     """real, retrieved and random fills meet expert m with the same flag, confidence and CMR weights."""
     torch.manual_seed(0)

@@ -81,15 +81,51 @@ def test_stage_two_leaves_every_stage_one_parameter_bit_identical(trained):
     experts, router = trained
     before, _ = load_model(experts / "model.pt")
     after, _ = load_model(router / "model.pt")
+    last = torch.load(router / "checkpoint.pt", weights_only=False)["state"]  # model.pt may be epoch 0's
     stage_two = {id(p) for m in after.stage_two_modules() for p in m.parameters()}
     names_two = {n for n, p in after.named_parameters() if id(p) in stage_two}
     changed_two = False
     for (name, p0), (_, p1) in zip(before.state_dict().items(), after.state_dict().items()):
         if name.split(".")[0] in ("router", "routed_head"):
-            changed_two |= not torch.equal(p0, p1)
+            changed_two |= not torch.equal(p0, last[name])
         else:
-            assert torch.equal(p0, p1), name
+            assert torch.equal(p0, p1) and torch.equal(p0, last[name]), name
     assert names_two and changed_two  # the router did train
+
+
+def test_stage_two_keeps_a_router_only_if_it_beats_the_experts_sum_on_val(trained):
+    """Epoch 0 of stage 2 is the untrained router, whose answers are the experts' sum: its val scores are
+    stage 1's best, and the saved router is the best of epochs 0, 1, ..."""
+    experts, router = trained
+    stage_one = train.artifacts.read_json(experts / "meta.json")["figures"]["val"]
+    log = [json.loads(line) for line in (router / "log.jsonl").read_text().splitlines()]
+    assert [entry["epoch"] for entry in log] == [0, 1, 2]
+    assert {k: log[0][f"val_{k}"] for k in stage_one} == stage_one
+    best = max(log, key=lambda entry: entry["val_selection"])
+    saved = torch.load(router / "model.pt", weights_only=False)
+    assert saved["epoch"] == best["epoch"] and saved["val"]["selection"] == best["val_selection"]
+    if best["epoch"] == 0:  # nothing beat the experts' sum: the saved router is the untrained one
+        before, _ = load_model(experts / "model.pt")
+        assert all(torch.equal(v, saved["state"][k]) for k, v in before.state_dict().items())
+
+
+def test_stage_one_keeps_the_moving_average_of_its_weights(world, tmp_path):
+    """--average d: the weights validated and saved are the average, not the raw weights (0: the raw ones)."""
+    root, features, bank = world
+    runs = {}
+    for decay in (0.0, 0.9):
+        out = train.run_experts(TrainExpertsConfig(features, bank, tmp_path / f"decay{int(decay * 10)}", recovery="cmr",
+                                                   average=decay, **{**SMALL, "epochs": 1}))  # fmt: skip
+        runs[decay] = (torch.load(out / "model.pt", weights_only=False)["state"],
+                       torch.load(out / "checkpoint.pt", weights_only=False))  # fmt: skip
+    raw_saved, raw_checkpoint = runs[0.0]
+    saved, checkpoint = runs[0.9]
+    assert "average" not in raw_checkpoint
+    for name, value in checkpoint["state"].items():
+        assert torch.equal(value, raw_checkpoint["state"][name]), name  # averaging leaves training alone
+        assert torch.equal(raw_saved[name], value) and torch.equal(saved[name], checkpoint["average"][name])
+    moved = [n for n, v in checkpoint["state"].items() if not torch.equal(v, checkpoint["average"][n])]
+    assert len(moved) > 10  # every trained parameter's average trails it
 
 
 def test_no_sample_is_recovered_from_its_own_video(world, monkeypatch, tmp_path):
@@ -225,6 +261,10 @@ def test_runs_are_reproducible_and_resume_to_the_same_weights(world, tmp_path, m
     cc = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=False)["state"]
     for name in ca:
         assert torch.equal(ca[name], cc[name]), name
+    average_a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["average"]
+    average_c = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=False)["average"]
+    for name in average_a:  # the moving average resumes too
+        assert torch.equal(average_a[name], average_c[name]), name
     assert len((tmp_path / "c" / "log.jsonl").read_text().splitlines()) == 3
 
 
@@ -270,6 +310,10 @@ def test_cli_bad_flags_are_one_line_errors(world, tmp_path):
     result = runner.invoke(app, ["train-experts", str(features), "--bank", str(bank), "--out", str(tmp_path / "y"),
                                  "--n", "50"])  # fmt: skip
     assert result.exit_code == 1 and "stores only 6 neighbours" in result.output
+    result = runner.invoke(app, ["train-experts", str(features), "--bank", str(bank), "--out", str(tmp_path / "w"),
+                                 "--average", "1"])  # fmt: skip
+    assert result.exit_code == 1 and "--average 1.0: must lie in [0, 1)" in result.output
+    assert not (tmp_path / "w").exists()
     result = runner.invoke(app, ["eval", str(tmp_path / "nothing"), "--out", str(tmp_path / "z")])
     assert result.exit_code == 1 and "not found" in result.output
 

@@ -231,7 +231,8 @@ def train_experts(
     simulate: Simulate = "mixed",
     partial: TrainPartial = 1.0,
     average: Annotated[float, typer.Option(
-        help="Decay of the moving average of the weights that is validated and kept (0: the raw weights).")] = 0.99,
+        help="Decay of a moving average of the weights, validated and kept instead of them (e.g. 0.99; 0: off). "
+             "On the demo it lifted zero-fill by about a point and cmr+cap by 0.1.")] = 0.0,
     trust: Annotated[bool, typer.Option(
         "--trust/--no-trust", help="cmr, cmr+cap: learn a trust that scales each fill toward zero-fill.")] = False,
     trust_match: Annotated[float, typer.Option(

@@ -190,7 +190,7 @@ class TrainExpertsConfig(StageConfig):
     device: str = "cpu"
     simulate: str = "mixed"  # the modality a training sample may lose: mixed (audio or visual), audio, visual
     partial: float = 1.0  # share of its T segments such a sample loses, in bursts (1: the whole modality)
-    average: float = 0.99  # decay of the weights' moving average, which is what is validated and kept; 0: the raw weights
+    average: float = 0.0  # decay of the weights' moving average, which is then what is validated and kept; 0: off
     trust: bool = False  # cmr / cmr+cap: a learned trust scales each fill toward zero-fill
     router_holdout: float = 0.0  # share of the train videos kept from stage 1 for stage 2 to learn on
     noise_aux: float = 0.0  # cap, cmr+cap: weight of CAP's noise-identification loss (swapped-token bursts)

@@ -233,7 +233,7 @@ def test_cap_pool_fits_k_and_the_training_tokens(tmp_path, videos, segments, rho
 
 def test_runs_are_reproducible_and_resume_to_the_same_weights(world, tmp_path, monkeypatch):
     root, features, bank = world
-    config = lambda out: TrainExpertsConfig(features, bank, out, recovery="cmr", **{**SMALL, "epochs": 3})  # noqa: E731
+    config = lambda out: TrainExpertsConfig(features, bank, out, recovery="cmr", average=0.99, **{**SMALL, "epochs": 3})  # noqa: E731
     train.run_experts(config(tmp_path / "a"))
     train.run_experts(config(tmp_path / "b"))
     a, _ = load_model(tmp_path / "a" / "model.pt")

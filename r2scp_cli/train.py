@@ -440,8 +440,9 @@ def run_router(config: TrainRouterConfig, force: bool = False, resume: bool = Fa
     loop = LoopConfig(2, config.epochs, config.patience, config.batch_size, config.lr, config.seed,
                       config.p_missing, config.device, simulate=config.simulate, partial=config.partial)  # fmt: skip
     summary = fit(model, params, data, loop, config.out, resume)
+    kept = " (the untrained router: the experts' sum; no trained router beat it)" if summary["best_epoch"] == 0 else ""
     console.print(f"stage 2 ({model.cfg.recovery}): best val {summary['val'].get('selection', float('nan')):.2f} "
-                  f"at epoch {summary['best_epoch']}")  # fmt: skip
+                  f"at epoch {summary['best_epoch']}{kept}")  # fmt: skip
     if distributed.is_main():
         run.finish(figures=summary, model_config=model.cfg.to_dict(), recovery=model.cfg.recovery,
                    seed=stage_one["seed"], distributed=distributed.describe())  # fmt: skip

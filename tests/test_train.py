@@ -109,6 +109,23 @@ def test_stage_two_keeps_a_router_only_if_it_beats_the_experts_sum_on_val(traine
         assert all(torch.equal(v, saved["state"][k]) for k, v in before.state_dict().items())
 
 
+def test_a_router_that_never_beats_the_experts_sum_is_not_kept(trained, tmp_path, monkeypatch):
+    experts, _ = trained
+    scores = iter([60.0, 50.0, 40.0])  # epoch 0 (the experts' sum), then two worse trained routers
+
+    def validate(*args, **kwargs):
+        score = next(scores)
+        return {"none": score, "audio": score, "visual": score, "selection": score}
+
+    monkeypatch.setattr(train, "validate", validate)
+    result = CliRunner().invoke(app, ["train-router", str(experts), "--out", str(tmp_path / "r"), "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    assert "at epoch 0 (the untrained router: the experts' sum" in " ".join(result.output.split())
+    saved = torch.load(tmp_path / "r" / "model.pt", weights_only=False)
+    before, _ = load_model(experts / "model.pt")
+    assert saved["epoch"] == 0 and all(torch.equal(v, saved["state"][k]) for k, v in before.state_dict().items())
+
+
 def test_stage_one_keeps_the_moving_average_of_its_weights(world, tmp_path):
     """--average d: the weights validated and saved are the average, not the raw weights (0: the raw ones)."""
     root, features, bank = world

@@ -259,7 +259,8 @@ def fit(model: R2ScP, params: list, data: RunData, loop: LoopConfig, out_dir: Pa
     if resume and checkpoint_path.exists():
         checkpoint = torch.load(checkpoint_path, weights_only=False)
         model.load_state_dict(checkpoint["state"])
-        kept.load_state_dict(checkpoint.get("average", checkpoint["state"]))
+        if loop.average:
+            kept.load_state_dict(checkpoint.get("average", checkpoint["state"]))
         optimizer.load_state_dict(checkpoint["optimizer"])
         state = checkpoint["loop"]
         rng.bit_generator.state = checkpoint["numpy_rng"]
@@ -289,7 +290,7 @@ def fit(model: R2ScP, params: list, data: RunData, loop: LoopConfig, out_dir: Pa
 
     started, seen = time.time(), 0
     if loop.stage == 2 and state["epoch"] == 0:
-        record(0, validate(model, data, 2, 256, loop.device))
+        record(0, validate(kept, data, 2, 256, loop.device))
     with progress_bar("loss", "val") as bar:
         task = bar.add_task(f"stage {loop.stage}", total=loop.epochs * batches, completed=state["epoch"] * batches,
                             loss="-", val="-")  # fmt: skip

@@ -336,11 +336,14 @@ def demo(
     weak_labels: Annotated[bool, typer.Option(
         "--weak-labels/--no-weak-labels", help="Build the bank with build-bank --weak-labels when its keys are bind "
                                                "and the format is music-avqa.")] = True,
+    data_seed: Annotated[int, typer.Option(
+        help="Seed of the dataset's synthesis: another draw of the same generator (the library is unchanged). "
+             "Use another --out per seed.")] = 0,
 ) -> None:
     """Run the whole chain on the built-in dataset and print the paper-style table."""
     from . import demo as stage
 
-    stage.run(DemoConfig(out, quick, seeds, encoder, format, videos, protocols, library_videos, weak_labels))
+    stage.run(DemoConfig(out, quick, seeds, encoder, format, videos, protocols, library_videos, weak_labels, data_seed))
 
 
 @app.command()

@@ -251,3 +251,4 @@ class DemoConfig(StageConfig):
     protocols: bool = False  # also evaluate the protocol sweep: missing rates 0.3/0.5/0.7 and partial loss 0.5
     library_videos: int | None = None  # clips of the bank's library (another seed); 0: none; None: the budget's
     weak_labels: bool = True  # bind keys also fitted to the train questions' labels (MUSIC-AVQA wording only)
+    data_seed: int = 0  # synth seed of the dataset (the library keeps its own); another draw of the same generator

@@ -64,7 +64,7 @@ class Budget:
 
 DEFAULT = Budget(videos=400, size=112, experts_epochs=14, router_epochs=4, d_model=80, library_videos=1000)
 QUICK = Budget(videos=150, size=64, experts_epochs=8, router_epochs=3, d_model=48, library_videos=0)
-LIBRARY_SEED = 1  # the demo's dataset uses seed 0; library scenes come from streams no dataset uses anyway
+LIBRARY_SEED = 1  # the dataset uses --data-seed (0); library scenes come from streams no dataset uses anyway
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,8 @@ def prepare_bank(config: DemoConfig, budget: Budget) -> tuple[Path, Path]:
     """synth -> extract -> (library) -> build-bank under ``config.out``: the features file and the bank
     (finished stages are reused)."""
     out = Path(config.out)
-    data = synth.run(SynthConfig(out / "data", videos=budget.videos, seed=0, size=budget.size, format=config.format))
+    data = synth.run(SynthConfig(out / "data", videos=budget.videos, seed=config.data_seed, size=budget.size,
+                                 format=config.format))
     features = extract.run(
         ExtractConfig(data, out / f"features-{config.encoder}.h5", encoder=config.encoder, format=config.format)
     )
@@ -218,12 +219,15 @@ def run(config: DemoConfig, budget: Budget | None = None, workers: int | None = 
     """Run the whole chain under ``config.out`` and print the report table; returns the report dir."""
     if config.seeds < 1:
         raise UserError(f"--seeds {config.seeds}: must be at least 1")
+    if config.data_seed < 0:
+        raise UserError(f"--data-seed {config.data_seed}: must be 0 or more")
     config = dataclasses.replace(config, encoder=resolve_encoder(config.encoder))
     budget = budget_for(config, budget)
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     out = Path(config.out)
     library_note = f", a library of {budget.library_videos} clips" if budget.library_videos else ""
-    console.rule(f"r2scp demo: {budget.videos} clips{library_note}, {config.encoder} features, {config.format}")
+    data_note = f" (data seed {config.data_seed})" if config.data_seed else ""
+    console.rule(f"r2scp demo: {budget.videos} clips{data_note}{library_note}, {config.encoder} features, {config.format}")
     features, memory = prepare_bank(config, budget)
     runs = out / f"runs-{config.encoder}"
     by_cost = ("cmr+cap", "cap", "cmr", "generative", "zero")  # longest first keeps both workers busy

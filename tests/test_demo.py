@@ -82,3 +82,33 @@ def test_weak_labels_only_where_they_apply(tmp_path, make_features):
     assert not demo.uses_weak_labels(DemoConfig(tmp_path, format="avqa"), features)
     joint = make_features(tmp_path / "joint.h5", n_videos=12, joint_space=True)  # keys auto -> unified
     assert not demo.uses_weak_labels(DemoConfig(tmp_path), joint)
+
+
+def test_data_seed_draws_the_dataset_not_the_library(tmp_path, monkeypatch):
+    """`demo --data-seed N` synthesises the dataset with seed N; the library keeps its own seed."""
+    from r2scp_cli.config import DemoConfig
+
+    synthesised = []
+
+    def fake_synth(config):
+        synthesised.append((config.out.name, config.seed, config.library))
+        return config.out
+
+    monkeypatch.setattr(demo.synth, "run", fake_synth)
+    monkeypatch.setattr(demo.extract, "run", lambda config: config.out)
+    monkeypatch.setattr(demo.bank, "run", lambda config: config.out)
+    monkeypatch.setattr(demo, "uses_weak_labels", lambda config, features: False)
+    budget = demo.budget_for(DemoConfig(tmp_path), demo.QUICK)
+    budget = demo.dataclasses.replace(budget, library_videos=10)
+    for data_seed in (0, 5):
+        synthesised.clear()
+        demo.prepare_bank(DemoConfig(tmp_path, data_seed=data_seed), budget)
+        assert synthesised == [("data", data_seed, False), ("library-10", demo.LIBRARY_SEED, True)]
+
+
+def test_negative_data_seed_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--quick", "--data-seed", "-1", "--out", str(out)])
+    assert result.exit_code == 1
+    assert "--data-seed -1: must be 0 or more" in result.output
+    assert not out.exists()

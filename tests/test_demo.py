@@ -98,8 +98,7 @@ def test_data_seed_draws_the_dataset_not_the_library(tmp_path, monkeypatch):
     monkeypatch.setattr(demo.extract, "run", lambda config: config.out)
     monkeypatch.setattr(demo.bank, "run", lambda config: config.out)
     monkeypatch.setattr(demo, "uses_weak_labels", lambda config, features: False)
-    budget = demo.budget_for(DemoConfig(tmp_path), demo.QUICK)
-    budget = demo.dataclasses.replace(budget, library_videos=10)
+    budget = demo.budget_for(DemoConfig(tmp_path, library_videos=10), demo.QUICK)
     for data_seed in (0, 5):
         synthesised.clear()
         demo.prepare_bank(DemoConfig(tmp_path, data_seed=data_seed), budget)

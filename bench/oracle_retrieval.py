@@ -19,6 +19,7 @@ is trained on the learned bank only.
 
 Usage: python bench/oracle_retrieval.py [DEMO_DIR] [--encoder pretrained] [--seeds 3]
            [--banks learned,oracle,knowable] [--recoveries zero,cmr,cmr+cap]   (default runs/demo)
+           [--videos N] [--data-seed N]   (another dataset size or draw, as `r2scp demo` takes them)
 """
 
 from __future__ import annotations
@@ -101,10 +102,11 @@ def match_rate(bank_dir: Path, sets: list[dict], modality: str, n: int = 5) -> f
     return float(np.mean(hits))
 
 
-def prepare(root: Path, encoder: str, library_videos: int | None) -> tuple[Path, Path, list[Path], demo.Budget]:
+def prepare(root: Path, encoder: str, library_videos: int | None, videos: int | None = None,
+            data_seed: int = 0) -> tuple[Path, Path, list[Path], demo.Budget]:
     """The demo's data, features, library and learned bank under ``root`` (reused when finished), and
     the folders whose scenes the bank's entries come from (the data's, then the library's)."""
-    config = DemoConfig(out=root, encoder=encoder, library_videos=library_videos)
+    config = DemoConfig(out=root, encoder=encoder, library_videos=library_videos, videos=videos, data_seed=data_seed)
     budget = demo.budget_for(config)
     features, learned = demo.prepare_bank(config, budget)
     folders = [root / "data"] + ([demo.library_folder(config, budget)] if budget.library_videos else [])
@@ -117,12 +119,14 @@ def main() -> None:
     parser.add_argument("root", nargs="?", default="runs/demo")
     parser.add_argument("--encoder", default="pretrained")
     parser.add_argument("--library-videos", type=int, default=None, help="default: the demo's")
+    parser.add_argument("--videos", type=int, default=None, help="clips of the dataset (default: the demo's)")
+    parser.add_argument("--data-seed", type=int, default=0, help="the dataset's synth seed, as `demo --data-seed`")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--banks", default="learned,oracle,knowable")
     parser.add_argument("--recoveries", default="zero,cmr,cmr+cap")
     args = parser.parse_args()
     root = Path(args.root)
-    features, learned, folders, budget = prepare(root, args.encoder, args.library_videos)
+    features, learned, folders, budget = prepare(root, args.encoder, args.library_videos, args.videos, args.data_seed)
     sets = {kind: scene_sets(folders, kind) for kind in ("oracle", "knowable")}
     banks = {"learned": learned}
     for kind in ("oracle", "knowable"):

@@ -217,9 +217,9 @@ def train_experts(
     recovery: Annotated[str, typer.Option(help="cmr+cap, cmr, cap, generative or zero.")] = "cmr+cap",
     p_missing: Annotated[float, typer.Option(help="Probability a training sample loses a modality.")] = 0.5,
     n: Annotated[int, typer.Option("--n", "--candidates",
-                                   help="Retrieved candidates averaged into a fill; on the built-in data 5 suits 400 "
-                                        "clips, 10 did better with 800 (README). Spell it --candidates under "
-                                        "torchrun, which takes --n for one of its own options.")] = 5,
+                                   help="Retrieved candidates averaged into a fill; on the built-in data 10 did better "
+                                        "than 5 with 800 clips, as well with 400 (README). Spell it --candidates "
+                                        "under torchrun, which takes --n for one of its own options.")] = 5,
     rho: Annotated[float, typer.Option(help="Share of positions purified.")] = 0.25,
     lambda_rank: Annotated[float, typer.Option(help="Weight of the ranking loss.")] = 0.1,
     margin: Annotated[float, typer.Option(help="Margin of the ranking loss.")] = 0.1,
